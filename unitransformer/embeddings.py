@@ -1,0 +1,117 @@
+"""Turning inputs into token rows: words (token embeddings), patches, and positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "LearnedPositions",
+    "PatchEmbedding",
+    "SinusoidalPositions",
+    "TokenEmbedding",
+    "sinusoids",
+]
+
+
+class TokenEmbedding(nn.Module):
+    """A lookup table of token vectors, optionally scaled by ``sqrt(dim)`` (the paper, Marian)."""
+
+    def __init__(
+        self, vocab_size: int, dim: int, padding_idx: int | None = None, scale: bool = False
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, dim))
+        self.padding_idx = padding_idx
+        self.scale = math.sqrt(dim) if scale else 1.0
+        nn.init.normal_(self.weight, std=dim**-0.5)
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.weight[padding_idx].zero_()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``ids [B, T]`` -> ``[B, T, dim]``."""
+        x = nn.functional.embedding(ids, self.weight, self.padding_idx)
+        return x * self.scale if self.scale != 1.0 else x
+
+
+def sinusoids(positions: Tensor, dim: int) -> Tensor:
+    """Sinusoidal position vectors, ``[sin | cos]`` halves (tensor2tensor, fairseq, Marian).
+
+    Column ``i`` of each half uses the frequency ``1 / 10000^(2i / dim)``; computed in float64
+    so that long positions stay exact to float32 precision.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(10000.0)
+        * torch.arange(half, dtype=torch.float64, device=positions.device)
+        * 2
+        / dim
+    )
+    angles = positions.to(torch.float64)[:, None] * freqs[None, :]  # [T, dim / 2]
+    out = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    if dim % 2:
+        out = torch.cat([out, out.new_zeros(out.shape[0], 1)], dim=-1)
+    return out.float()
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal positions, cached (not saved in checkpoints) and grown on demand."""
+
+    def __init__(self, dim: int, max_len: int = 1024) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("table", sinusoids(torch.arange(max_len), dim), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """Positions ``offset .. offset + length - 1`` as ``[length, dim]``."""
+        end = offset + length
+        if end > self.table.shape[0]:
+            self.table = sinusoids(torch.arange(2 * end, device=self.table.device), self.dim)
+        return self.table[offset:end]
+
+
+class LearnedPositions(nn.Module):
+    """A learned vector per position (BERT, the ViT), at most ``max_len`` positions."""
+
+    def __init__(self, dim: int, max_len: int = 1024) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(max_len, dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """Positions ``offset .. offset + length - 1`` as ``[length, dim]``."""
+        if offset + length > self.weight.shape[0]:
+            raise ValueError(
+                f"position {offset + length - 1} is beyond the {self.weight.shape[0]} learned positions"
+            )
+        return self.weight[offset : offset + length]
+
+
+class PatchEmbedding(nn.Module):
+    """Cuts an image into ``patch_size`` squares and projects each one to a token.
+
+    A strided convolution is exactly "flatten each patch and apply one linear layer".
+
+    Args:
+        dim: Token width.
+        patch_size: Side of a square patch (16 in "An image is worth 16x16 words").
+        in_chans: Image channels.
+    """
+
+    def __init__(self, dim: int, patch_size: int = 16, in_chans: int = 3) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``images [B, C, H, W]`` -> tokens ``[B, (H / p) * (W / p), dim]``, row-major."""
+        h, w = images.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}"
+            )
+        x = self.proj(images)  # [B, dim, H / p, W / p]
+        return x.flatten(2).transpose(1, 2)  # [B, N, dim]

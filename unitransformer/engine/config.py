@@ -1,0 +1,105 @@
+"""Typed configuration of the engine's parts, shared by every task's config.
+
+A task's top-level config is a dataclass with a ``task`` name, its own ``model`` and ``data``
+parts, and these engine parts as ``optim``, ``schedule``, ``train`` and ``eval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["EvalConfig", "OptimConfig", "ScheduleConfig", "TrainConfig"]
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer.
+
+    Attributes:
+        name: ``adamw`` or ``adam``.
+        lr: Peak learning rate.
+        betas: Adam's beta1 and beta2.
+        eps: Adam's epsilon.
+        weight_decay: Decoupled weight decay (not applied where the task's groups say so).
+        clip_grad_norm: Clip the global gradient norm to this; 0 disables clipping.
+    """
+
+    name: Literal["adamw", "adam"] = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    clip_grad_norm: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule.
+
+    Attributes:
+        name: ``cosine`` (warmup, then cosine decay to ``min_lr_ratio * lr``),
+            ``inverse_sqrt`` (warmup, then lr * sqrt(warmup / step)), or ``constant`` (after warmup).
+        warmup_steps: Linear warmup from 0 to ``lr`` over this many optimizer steps.
+        min_lr_ratio: Final learning rate of the cosine schedule, as a fraction of ``lr``.
+    """
+
+    name: Literal["cosine", "inverse_sqrt", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        max_steps: Optimizer steps to train for (the budget; epochs follow from the data).
+        grad_accum: Batches per optimizer step.
+        precision: ``fp32``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (autocast + scaler, CUDA).
+        device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
+        compile: Wrap the model in ``torch.compile``.
+        ema_decay: Keep an exponential moving average of the weights; 0 disables it.
+        seed: Seed of everything random: init, data order, dropout, augmentation.
+        deterministic: Deterministic algorithms (bit-exact resume and DDP checks on CPU).
+        log_every: Optimizer steps between progress lines / metric rows.
+        checkpoint_every: Optimizer steps between checkpoints.
+        keep_last: Checkpoints kept besides the best one.
+        max_nonfinite: Consecutive NaN/Inf losses (steps skipped) before training stops.
+        fsdp: Shard the model with FSDP2 (``fully_shard``) under torchrun.
+        num_threads: CPU threads for torch; 0 leaves torch's default.
+    """
+
+    max_steps: int = 1000
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "auto"
+    compile: bool = False
+    ema_decay: float = 0.0
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    max_nonfinite: int = 5
+    fsdp: bool = False
+    num_threads: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training.
+
+    Attributes:
+        every: Optimizer steps between evaluations (and at the end); 0: only at the end.
+        metric: The metric that picks the best checkpoint (a key of the task's `evaluate`).
+        mode: ``max`` if larger is better, else ``min``.
+        early_stopping: Stop after this many evaluations without improvement; 0 disables it.
+        average_last: At the end, average the last N checkpoints into ``averaged``; 0 disables.
+    """
+
+    every: int = 500
+    metric: str = "accuracy"
+    mode: Literal["max", "min"] = "max"
+    early_stopping: int = 0
+    average_last: int = 0
