@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from unitransformer.adapt import resample_pos_embed
-from unitransformer.embeddings import PatchEmbedding
+from unitransformer.embeddings import ConvStem, PatchEmbedding
 from unitransformer.stacks import Encoder
 
 __all__ = ["VIT_SIZES", "ViTConfig", "VisionTransformer"]
@@ -30,6 +30,9 @@ class ViTConfig:
         mlp_ratio: MLP hidden width over ``dim``.
         qkv_bias: Bias on the q, k, v projections.
         pool: ``cls`` (class token, the paper) or ``mean`` (average of the patch tokens).
+        stem: ``patch`` (a linear projection of each patch, the paper's ViT) or ``conv`` (a
+            small convolutional stem, the paper's hybrid; ``patch_size`` a power of two).
+        stem_width: Channels of the conv stem's first convolution.
         dropout: Dropout on the embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -46,6 +49,8 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     pool: Literal["cls", "mean"] = "cls"
+    stem: Literal["patch", "conv"] = "patch"
+    stem_width: int = 32
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -91,7 +96,10 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"image_size={c.image_size} is not a multiple of patch_size={c.patch_size}"
             )
-        self.patch_embed = PatchEmbedding(c.dim, c.patch_size, c.in_chans)
+        if c.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(c.dim, c.patch_size, c.in_chans, c.stem_width)
+        else:
+            self.patch_embed = PatchEmbedding(c.dim, c.patch_size, c.in_chans)
         self.grid = (c.image_size // c.patch_size,) * 2
         self.num_prefix_tokens = 1 if c.pool == "cls" else 0
         if c.pool == "cls":

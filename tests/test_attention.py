@@ -1,0 +1,146 @@
+"""The attention kernel against its plain-math reference, and the `Attention` module."""
+
+import pytest
+import torch
+
+from unitransformer import Attention, SelfAttentionCache, attention_reference
+from unitransformer.attention import CrossAttentionCache, scaled_dot_product_attention
+
+
+def _qkv(b=3, h=2, t=5, s=7, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, t, d, generator=g)
+    k = torch.randn(b, h, s, d, generator=g)
+    v = torch.randn(b, h, s, d, generator=g)
+    return q, k, v
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("t,s", [(5, 7), (7, 7), (1, 7)])
+def test_kernel_matches_reference(causal, padded, t, s):
+    q, k, v = _qkv(t=t, s=s)
+    kpm = None
+    if padded:
+        kpm = torch.zeros(3, s, dtype=torch.bool)
+        kpm[1, -2:] = True
+        kpm[2, -4:] = True
+    out = scaled_dot_product_attention(q, k, v, kpm, causal)
+    ref, probs = attention_reference(q, k, v, kpm, causal)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if padded:
+        assert probs[1, ..., -2:].abs().max() == 0  # no probability on padded keys
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+
+
+def test_causal_is_bottom_right_aligned():
+    # 3 queries after 4 cached steps: query i sees keys 0 .. 4 + i.
+    q, k, v = _qkv(t=3, s=7)
+    _, probs = attention_reference(q, k, v, causal=True)
+    for i in range(3):
+        assert probs[..., i, 5 + i :].abs().sum() == 0
+        assert (probs[..., i, : 5 + i] > 0).all()
+    assert (probs[..., 2, :] > 0).all()  # the last query sees everything
+
+
+def test_fully_masked_row_gives_zeros_not_nan():
+    q, k, v = _qkv()
+    kpm = torch.zeros(3, 7, dtype=torch.bool)
+    kpm[0] = True
+    out = scaled_dot_product_attention(q, k, v, kpm)
+    ref, _ = attention_reference(q, k, v, kpm)
+    assert not out.isnan().any() and not ref.isnan().any()
+    assert out[0].abs().max() == 0
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_no_causal_leakage():
+    torch.manual_seed(0)
+    attn = Attention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    y = attn(x, causal=True)
+    x2 = x.clone()
+    x2[:, 4:] = torch.randn(2, 2, 16)  # change the future
+    y2 = attn(x2, causal=True)
+    torch.testing.assert_close(y[:, :4], y2[:, :4])
+    assert (y[:, 4:] - y2[:, 4:]).abs().max() > 1e-3
+
+
+def test_module_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    ours = Attention(16, 4).eval()
+    peer = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        peer.in_proj_weight.copy_(ours.qkv.weight)
+        peer.in_proj_bias.copy_(ours.qkv.bias)
+        peer.out_proj.weight.copy_(ours.proj.weight)
+        peer.out_proj.bias.copy_(ours.proj.bias)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    kpm = torch.zeros(2, 9, dtype=torch.bool)
+    kpm[1, 6:] = True
+    torch.testing.assert_close(ours(x), peer(x, x, x, need_weights=False)[0], atol=1e-5, rtol=0)
+    expected = peer(x, ctx, ctx, key_padding_mask=kpm, need_weights=False)[0]
+    torch.testing.assert_close(ours(x, ctx, key_padding_mask=kpm), expected, atol=1e-5, rtol=0)
+
+
+def test_self_attention_cache_equals_full_pass():
+    torch.manual_seed(0)
+    attn = Attention(16, 4).eval()
+    x = torch.randn(2, 9, 16)
+    full = attn(x, causal=True)
+    cache = SelfAttentionCache(capacity=2)  # forces the buffer to grow
+    steps = [attn(x[:, i : i + 1], causal=True, cache=cache) for i in range(9)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    # Several new steps at once after a prefix: the causal mask is offset correctly.
+    cache = SelfAttentionCache()
+    a = attn(x[:, :4], causal=True, cache=cache)
+    b = attn(x[:, 4:], causal=True, cache=cache)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_cache_projects_context_once_and_shares_it_across_beams():
+    torch.manual_seed(0)
+    attn = Attention(16, 4).eval()
+    ctx, x = torch.randn(2, 7, 16), torch.randn(6, 1, 16)  # 3 beams per source
+    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm[0, 5:] = True
+    expanded = attn(x, ctx.repeat_interleave(3, 0), key_padding_mask=kpm.repeat_interleave(3, 0))
+    cache = CrossAttentionCache()
+    shared = attn(x, ctx, key_padding_mask=kpm, cache=cache)
+    torch.testing.assert_close(shared, expanded, atol=1e-5, rtol=1e-5)
+    assert cache.k.shape[0] == 2  # stored once per source, not per beam
+    k_before = cache.k
+    again = attn(x, None, key_padding_mask=kpm, cache=cache)  # context no longer needed
+    assert cache.k is k_before
+    torch.testing.assert_close(again, shared)
+
+
+def test_keep_attention_is_opt_in_and_exact():
+    torch.manual_seed(0)
+    attn = Attention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+    plain = attn(x, causal=True)
+    assert attn.last_attention is None
+    attn.keep_attention = True
+    recorded = attn(x, causal=True)
+    torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=1e-5)
+    probs = attn.last_attention
+    assert probs.shape == (2, 4, 5, 5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 5))
+    assert probs.triu(1).abs().max() == 0
+
+
+def test_head_dim_must_divide():
+    with pytest.raises(ValueError, match="not divisible"):
+        Attention(10, 3)
+    assert Attention(10, 3, head_dim=4).qkv.weight.shape == (36, 10)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    torch.manual_seed(0)
+    attn = Attention(32, 4).eval()
+    x = torch.randn(2, 6, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, causal=True)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), attn(x, causal=True), atol=5e-2, rtol=5e-2)
