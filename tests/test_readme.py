@@ -35,6 +35,8 @@ def test_library_snippet_runs():
 
 
 def test_ci_runs_the_readme_test_command():
-    test_command = next(line for line in README.splitlines() if "pytest" in line and "setup" in line)
+    test_command = next(
+        line for line in README.splitlines() if "pytest" in line and "setup" in line
+    )
     command = test_command.split("#")[0].strip()
     assert command in (ROOT / ".ci" / "run").read_text()
