@@ -1,0 +1,111 @@
+"""Side-by-side timing: ours and a peer in one process, alternating, median of N runs.
+
+Every row of the suite is a `Row`: two callables doing the same work on the same shapes and
+dtype, timed in turn (ours, peer, ours, peer, ...) after warm-up so that drifting clocks and
+caches hit both equally. The ratio is peer time over our time: above 1 means we are faster.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Row", "machine_description", "matmul_peak_flops", "peak_rss_mib", "time_pair"]
+
+
+@dataclass
+class Row:
+    """One measured comparison.
+
+    Attributes:
+        name: What was measured.
+        peer: The peer's name.
+        ours_s: Our median seconds per call.
+        peer_s: The peer's median seconds per call.
+        items: Work items per call (images, tokens, sentences) for throughput.
+        unit: What an item is.
+        notes: Extra measured figures (MFU, memory).
+    """
+
+    name: str
+    peer: str
+    ours_s: float
+    peer_s: float
+    items: float = 1.0
+    unit: str = "calls"
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Peer time over our time: above 1 means we are faster."""
+        return self.peer_s / self.ours_s
+
+
+def time_pair(
+    ours: Callable[[], object], peer: Callable[[], object], repeats: int = 5, warmup: int = 2
+) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``peer``, alternating after ``warmup`` calls of each."""
+    for _ in range(warmup):
+        ours()
+        peer()
+    ours_times, peer_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours()
+        ours_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        peer()
+        peer_times.append(time.perf_counter() - start)
+    return statistics.median(ours_times), statistics.median(peer_times)
+
+
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Measured peak FLOP/s of one large square matmul in ``dtype`` (the MFU denominator)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times)
+
+
+def peak_rss_mib(prelude: str, code: str) -> float:
+    """Peak resident memory (MiB) that ``code`` adds, in a fresh Python process.
+
+    A separate process per measurement, so that neither model's allocations are hidden by the
+    other's (the allocator keeps one high-water mark per process). ``prelude`` (the imports)
+    runs first and its own peak is subtracted, so that only the model and its steps count.
+    """
+    peak = "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
+    script = f"import resource\n{prelude}\nbase = {peak}\n{code}\nprint({peak} - base)"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=os.getcwd()
+    )
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def machine_description() -> str:
+    """CPU model, cores used, torch version: the context every figure needs."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return (
+        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()} (harness RSS {rss} MiB)"
+    )

@@ -1,0 +1,206 @@
+"""The side-by-side benchmark suite: prints a table and rewrites benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/run.py                 # all rows (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --rows vit      # some rows
+    .venv/bin/python benchmarks/run.py --quick         # 1 repeat, small shapes: a smoke run
+
+Every row runs ours and the peer in this process, same shapes, dtype and threads, alternating,
+median of the repeats after warm-up. Ratio = peer time / our time (above 1: we are faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import rows as R  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Row,
+    machine_description,
+    matmul_peak_flops,
+    peak_rss_mib,
+    time_pair,
+)
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def attention_rows(repeats: int, quick: bool) -> list[Row]:
+    shapes = [(192, 3, 128, 65), (512, 8, 16, 512)] if not quick else [(64, 2, 8, 17)]
+    out = []
+    for dim, heads, batch, length in shapes:
+        steps = R.attention_step(dim, heads, batch, length)
+        for peer in ("torch.nn.MultiheadAttention", "timm Attention"):
+            ours_s, peer_s = time_pair(steps["ours"], steps[peer], repeats)
+            name = f"attention fwd+bwd B={batch} T={length} d={dim} h={heads}"
+            out.append(Row(name, peer, ours_s, peer_s, batch * length, "tokens"))
+    return out
+
+
+def vit_train_rows(repeats: int, quick: bool) -> list[Row]:
+    batch = 8 if quick else 128
+    peak = matmul_peak_flops(torch.float32, n=512 if quick else 2048)
+    out = []
+    for bf16 in (False, True):
+        ours, peer = R.ours_vit(), R.timm_vit()
+        ours_s, peer_s = time_pair(
+            R.vit_train_step(ours, batch, bf16), R.vit_train_step(peer, batch, bf16), repeats
+        )
+        dtype = "bf16 autocast" if bf16 else "fp32"
+        row = Row(
+            f"ViT training step, {dtype}, eager",
+            "timm VisionTransformer",
+            ours_s,
+            peer_s,
+            batch,
+            "images",
+        )
+        flops = R.vit_step_flops(ours, batch)
+        row.notes["MFU (fp32 matmul peak)"] = (
+            f"ours {flops / ours_s / peak:.0%}, timm {flops / peer_s / peak:.0%}"
+        )
+        row.notes["fp32 matmul peak"] = f"{peak / 1e9:.0f} GFLOP/s"
+        out.append(row)
+    return out
+
+
+def seq2seq_rows(repeats: int, quick: bool) -> list[Row]:
+    out = []
+    tokens = R.SEQ2SEQ["batch"] * R.SEQ2SEQ["length"]
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        ours, peer = R.ours_seq2seq(), R.marian_seq2seq()
+        ours_s, peer_s = time_pair(
+            R.seq2seq_train_step(ours, False, bf16), R.seq2seq_train_step(peer, True, bf16), repeats
+        )
+        dtype = "bf16 autocast" if bf16 else "fp32"
+        name = f"seq2seq training step, {dtype}"
+        out.append(Row(name, "HF MarianMTModel", ours_s, peer_s, tokens, "target tokens"))
+    return out
+
+
+def vit_inference_rows(repeats: int, quick: bool) -> list[Row]:
+    batch = 16 if quick else 256
+    out = []
+    for bf16 in (False, True):
+        ours, peer = R.ours_vit(), R.timm_vit()
+        ours_s, peer_s = time_pair(
+            R.vit_inference(ours, batch, bf16), R.vit_inference(peer, batch, bf16), repeats
+        )
+        dtype = "bf16 autocast" if bf16 else "fp32"
+        out.append(
+            Row(
+                f"ViT inference, batch {batch}, {dtype}",
+                "timm VisionTransformer",
+                ours_s,
+                peer_s,
+                batch,
+                "images",
+            )
+        )
+    return out
+
+
+def memory_rows(quick: bool) -> list[Row]:
+    """Peak RSS of a few training steps, each in a fresh process (rows 2 and 3)."""
+    steps = 2
+    batch = 8 if quick else 128
+    setups = {
+        "ViT training step fp32": (
+            f"R.vit_train_step(R.ours_vit(), {batch}, False)",
+            f"R.vit_train_step(R.timm_vit(), {batch}, False)",
+            "timm VisionTransformer",
+        ),
+        "seq2seq training step fp32": (
+            "R.seq2seq_train_step(R.ours_seq2seq(), False, False)",
+            "R.seq2seq_train_step(R.marian_seq2seq(), True, False)",
+            "HF MarianMTModel",
+        ),
+    }
+    out = []
+    # Both peers' libraries are imported in every process, so the baseline is the same.
+    prelude = (
+        "import torch, timm, transformers; torch.set_num_threads(1)\n"
+        "from benchmarks import rows as R"
+    )
+    for name, (ours, peer, peer_name) in setups.items():
+        ours_mib = peak_rss_mib(prelude, f"s = {ours}\nfor _ in range({steps}): s()")
+        peer_mib = peak_rss_mib(prelude, f"s = {peer}\nfor _ in range({steps}): s()")
+        row = Row(f"peak memory, {name}", peer_name, ours_mib, peer_mib, 1, "MiB")
+        row.notes["peak RSS"] = f"ours {ours_mib:.0f} MiB, peer {peer_mib:.0f} MiB"
+        out.append(row)
+    return out
+
+
+SUITES: dict[str, Callable[[int, bool], list[Row]]] = {
+    "attention": attention_rows,
+    "vit": vit_train_rows,
+    "seq2seq": seq2seq_rows,
+    "inference": vit_inference_rows,
+    "memory": lambda repeats, quick: memory_rows(quick),
+}
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [
+        "| row | peer | ours | peer | ratio (peer time / ours) | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.unit == "MiB":
+            ours, peer = f"{r.ours_s:.0f} MiB", f"{r.peer_s:.0f} MiB"
+        else:
+            ours = f"{r.items / r.ours_s:,.0f} {r.unit}/s"
+            peer = f"{r.items / r.peer_s:,.0f} {r.unit}/s"
+        notes = "; ".join(f"{k}: {v}" for k, v in r.notes.items())
+        lines.append(f"| {r.name} | {r.peer} | {ours} | {peer} | {r.ratio:.2f}x | {notes} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="*", choices=sorted(SUITES), default=list(SUITES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 repeat; no RESULTS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else args.repeats
+    rows: list[Row] = []
+    for name in args.rows:
+        rows += SUITES[name](repeats, args.quick)
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    table = format_table(rows)
+    print(table)
+    if not args.quick:
+        command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_results(table, command.strip(), repeats)
+    return 0
+
+
+def write_results(table: str, command: str, repeats: int) -> None:
+    """Replaces the suite's section of RESULTS.md, keeping the other sections."""
+    begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
+    section = (
+        f"{begin}\n## Side-by-side suite\n\nCommand: `{command}`  \n"
+        f"Date: {datetime.date.today().isoformat()}  \nMachine: {machine_description()}  \n"
+        f"Median of {repeats} alternating runs after 2 warm-up runs each.\n\n{table}\n{end}"
+    )
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
