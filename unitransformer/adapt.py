@@ -8,6 +8,7 @@ are missing, unexpected, or of the wrong shape. The key maps of foreign models l
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import torch
@@ -16,7 +17,13 @@ from torch import Tensor, nn
 
 from unitransformer.errors import UserError
 
-__all__ = ["StateDictMismatchError", "load_state_dict_strict", "reset_head", "resample_pos_embed"]
+__all__ = [
+    "StateDictMismatchError",
+    "load_state_dict_strict",
+    "rename_keys",
+    "reset_head",
+    "resample_pos_embed",
+]
 
 
 def resample_pos_embed(
@@ -98,3 +105,22 @@ def load_state_dict_strict(
             lines += ["  shape differs:", *wrong]
         raise StateDictMismatchError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True)
+
+
+def rename_keys(
+    state_dict: Mapping[str, Tensor], rules: list[tuple[str, str]]
+) -> dict[str, Tensor]:
+    """Renames each key by the first regex rule that matches it from its start.
+
+    Keys no rule matches are kept as they are, so that strict loading reports them as
+    unexpected instead of dropping them silently.
+    """
+    compiled = [(re.compile(pattern), repl) for pattern, repl in rules]
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in compiled:
+            if pattern.match(key):
+                key = pattern.sub(repl, key, count=1)
+                break
+        out[key] = value
+    return out
