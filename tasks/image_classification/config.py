@@ -1,0 +1,231 @@
+"""Typed configuration of the image-classification task (a ViT or the small-image ResNet-18)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from unitransformer.engine.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
+from unitransformer.errors import UserError
+from unitransformer.models import VIT_SIZES
+
+__all__ = ["ImageClassificationConfig", "ImageDataConfig", "ImageModelConfig"]
+
+SourceKind = Literal["digits", "hub", "parquet", "arrow", "imagefolder", "torchvision_folder"]
+
+
+@dataclass
+class ImageModelConfig:
+    """The classifier.
+
+    Attributes:
+        arch: ``vit`` (the Vision Transformer) or ``resnet18`` (the small-image baseline).
+        size: A ViT size of `unitransformer.models.VIT_SIZES`; ``None`` takes every shape
+            field below (which must then all be set) directly.
+        patch_size: Overrides the size's patch side.
+        dim: Overrides the token width.
+        depth: Overrides the number of encoder blocks.
+        num_heads: Overrides the number of attention heads.
+        mlp_ratio: Overrides the MLP hidden width over ``dim``.
+        pool: Overrides the pooling, ``cls`` or ``mean``.
+        dropout: Dropout on embeddings and residual branches.
+        attn_dropout: Dropout on attention probabilities.
+        drop_path: Stochastic-depth rate of the last block.
+        pretrained: A ViT checkpoint to fine-tune from (a local torchvision/timm file, or a hub
+            name when online), loaded through `unitransformer.interop.load_pretrained_vit`
+            with a new head and position embeddings resampled to ``data.image_size``.
+    """
+
+    arch: Literal["vit", "resnet18"] = "vit"
+    size: str | None = "digits"
+    patch_size: int | None = None
+    dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    pool: Literal["cls", "mean"] | None = None
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    pretrained: str | None = None
+
+    def vit_overrides(self) -> dict[str, object]:
+        """The ViT fields this config sets (the ``None`` ones keep the size's value)."""
+        shape = ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool")
+        out: dict[str, object] = {k: getattr(self, k) for k in shape if getattr(self, k)}
+        out.update(dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path)
+        return out
+
+    def validate(self) -> None:
+        """Raises `UserError` naming the first ``model.*`` key that is out of range."""
+        if self.arch not in ("vit", "resnet18"):
+            raise UserError(f"model.arch: expected 'vit' or 'resnet18', got {self.arch!r}")
+        if self.arch == "vit" and self.pretrained is None:
+            if self.size is not None and self.size not in VIT_SIZES:
+                raise UserError(
+                    f"model.size: expected one of {sorted(VIT_SIZES)} or null, got {self.size!r}"
+                )
+            if self.size is None:
+                for key in ("patch_size", "dim", "depth", "num_heads"):
+                    if getattr(self, key) is None:
+                        raise UserError(f"model.{key}: required when model.size is null")
+        if self.pretrained is not None:
+            for key in ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool"):
+                if getattr(self, key) is not None:
+                    raise UserError(
+                        f"model.{key}: the pretrained checkpoint sets the shape; leave it null"
+                    )
+        if self.arch == "resnet18" and self.pretrained is not None:
+            raise UserError("model.pretrained: only a ViT can be fine-tuned (model.arch: vit)")
+        for key in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise UserError(f"model.{key}: expected a rate in [0, 1), got {getattr(self, key)}")
+
+
+@dataclass
+class ImageDataConfig:
+    """Where the images come from and how they are augmented.
+
+    Attributes:
+        source: ``digits`` (scikit-learn's 8x8 digits, built in), ``hub`` (a Hugging Face
+            dataset name), ``parquet`` / ``arrow`` (local files of a Hugging Face dataset, or an
+            ``arrow`` directory saved with ``save_to_disk``), ``imagefolder`` (Hugging Face's
+            ``imagefolder`` loader) or ``torchvision_folder`` (``root/<class>/<image>``).
+        path: The local file or directory (every source but ``digits`` and ``hub``). A
+            ``parquet`` or ``arrow`` path may hold ``{split}`` (e.g. ``data/{split}.parquet``).
+        name: The hub dataset, e.g. ``uoft-cs/cifar10`` (``hub`` only).
+        image_column: The image column; discovered (an ``Image`` feature) when ``None``.
+        label_column: The label column; discovered (a ``ClassLabel`` feature or ``label``).
+        train_split: The split to train on.
+        val_split: A split to validate on; ``None`` holds out ``holdout`` training images.
+        test_split: A split to test on; ``None`` holds out ``test_holdout`` training images.
+        holdout: Training images held out for validation when ``val_split`` is ``None``.
+        test_holdout: Training images held out for testing when ``test_split`` is ``None``.
+        holdout_seed: Seed of the held-out draw (fixed, so every run sees the same split).
+        image_size: Side of the images the model sees.
+        store_size: Side at which decoded images are kept in memory (default ``image_size``);
+            larger keeps detail for random-resized crops of big photos, smaller saves memory
+            (CIFAR kept at 32 and resized to a fine-tuned ViT's 96 on the fly).
+        max_memory_mb: Decode every image once and keep the uint8 tensor in memory when it
+            takes at most this many MiB; otherwise decode each batch as it is drawn.
+        crop: ``resized`` (random resized crop), ``pad`` (pad by ``padding`` and crop
+            back, the CIFAR recipe) or ``none``.
+        crop_scale: Smallest area fraction of a random resized crop.
+        padding: Pixels of reflection padding of the ``pad`` crop.
+        hflip: Flip half of the training images left-right (off for digits, text...).
+        auto_augment: ``none``, ``randaugment`` or ``trivialaugment`` (per image).
+        randaugment_num_ops: Operations RandAugment applies to each image.
+        randaugment_magnitude: RandAugment's magnitude (0..30).
+        mixup_alpha: Beta(alpha, alpha) of mixup; 0 disables it.
+        cutmix_alpha: Beta(alpha, alpha) of cutmix; 0 disables it (both on: one per batch).
+        mix_prob: Fraction of batches that are mixed when mixup or cutmix is on.
+        random_erasing: Probability of erasing a random rectangle of each image.
+        label_smoothing: Weight of the uniform distribution in the training targets.
+        mean: Per-channel mean of the normalization (of images in 0..1).
+        std: Per-channel standard deviation of the normalization.
+        batch_size: Training images per batch, summed over ranks.
+        eval_batch_size: Images per evaluation batch.
+        num_workers: Threads that decode images (0: one per CPU core).
+    """
+
+    source: SourceKind = "digits"
+    path: str | None = None
+    name: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    train_split: str = "train"
+    val_split: str | None = None
+    test_split: str | None = None
+    holdout: int = 0
+    test_holdout: int = 0
+    holdout_seed: int = 0
+    image_size: int = 8
+    store_size: int | None = None
+    max_memory_mb: int = 8192
+    crop: Literal["resized", "pad", "none"] = "none"
+    crop_scale: float = 0.35
+    padding: int = 4
+    hflip: bool = False
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] = "none"
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 9
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    random_erasing: float = 0.0
+    label_smoothing: float = 0.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        """Raises `UserError` naming the first ``data.*`` key that is missing or out of range."""
+        if (
+            self.source in ("parquet", "arrow", "imagefolder", "torchvision_folder")
+            and not self.path
+        ):
+            raise UserError(f"data.path: required with data.source: {self.source}")
+        if self.source == "hub" and not self.name:
+            raise UserError("data.name: required with data.source: hub (e.g. uoft-cs/cifar10)")
+        positive = ("image_size", "batch_size", "eval_batch_size", "max_memory_mb")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise UserError(
+                    f"data.{key}: expected a positive integer, got {getattr(self, key)}"
+                )
+        for key in ("holdout", "test_holdout", "padding", "num_workers"):
+            if getattr(self, key) < 0:
+                raise UserError(f"data.{key}: expected >= 0, got {getattr(self, key)}")
+        unit = ("crop_scale", "mix_prob", "random_erasing", "label_smoothing")
+        for key in unit:
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise UserError(f"data.{key}: expected a value in [0, 1], got {getattr(self, key)}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise UserError(f"data.{key}: expected >= 0 (0 disables), got {getattr(self, key)}")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != 3:
+                raise UserError(f"data.{key}: expected 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise UserError(f"data.std: expected positive values, got {list(self.std)}")
+        if self.store_size is not None and self.store_size <= 0:
+            raise UserError(f"data.store_size: expected a positive integer, got {self.store_size}")
+
+
+@dataclass
+class ImageClassificationConfig:
+    """The whole config of an image-classification run.
+
+    Attributes:
+        task: Always ``image_classification`` (picks this task in the registry).
+        model: The classifier.
+        data: The images and their augmentation.
+        optim: The optimizer (AdamW; no decay on norms, biases, pos_embed and cls_token).
+        schedule: Warmup then cosine decay.
+        train: The loop (steps, precision, EMA of the weights, seed).
+        eval: Evaluation; picks the best checkpoint by top-1 ``accuracy`` (a fraction).
+    """
+
+    task: str = "image_classification"
+    model: ImageModelConfig = field(default_factory=ImageModelConfig)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.05))
+    schedule: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=100)
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="accuracy", mode="max"))
+
+    def validate(self) -> None:
+        """Raises `UserError` naming the first key that is out of range."""
+        if self.task != "image_classification":
+            raise UserError(f"task: expected 'image_classification', got {self.task!r}")
+        self.model.validate()
+        self.data.validate()
+        metrics = {"accuracy", "top5", "loss"}
+        if self.eval.metric not in metrics:
+            raise UserError(
+                f"eval.metric: expected one of {sorted(metrics)}, got {self.eval.metric!r}"
+            )

@@ -1,0 +1,207 @@
+"""The image-classification task: metrics, parameter groups, batches, loss, evaluation,
+fine-tuning from a foreign ViT file, a few training steps through the engine, and classify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tasks.image_classification.commands import add_commands
+from tasks.image_classification.config import (
+    ImageClassificationConfig,
+    ImageDataConfig,
+    ImageModelConfig,
+)
+from tasks.image_classification.metrics import confusion_matrix, per_class_accuracy, topk_correct
+from tasks.image_classification.task import ImageClassificationTask
+from unitransformer.engine.config import TrainConfig
+from unitransformer.errors import UserError
+
+
+def digits_task(tmp_path: Path, **data: object) -> ImageClassificationTask:
+    cfg = ImageClassificationConfig(
+        model=ImageModelConfig(size="digits", depth=1, dim=32, num_heads=2),
+        data=ImageDataConfig(holdout=100, test_holdout=100, batch_size=32, **data),
+    )
+    task = ImageClassificationTask(cfg)
+    task.prepare(tmp_path)
+    return task
+
+
+def test_topk_per_class_and_confusion_by_hand() -> None:
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+    labels = torch.tensor([0, 2, 1, 2])
+    assert topk_correct(logits, labels, 1).tolist() == [True, False, False, False]
+    assert topk_correct(logits, labels, 2).tolist() == [True, True, True, True]
+    assert topk_correct(logits, labels, 10).all()  # k above the class count: all correct
+    confusion = confusion_matrix(logits.argmax(-1), labels, 3)
+    assert confusion.tolist() == [[1, 0, 0], [0, 0, 1], [1, 1, 0]]
+    acc = per_class_accuracy(torch.tensor([[2, 0, 0], [1, 1, 0], [0, 0, 0]]))
+    assert acc[:2].tolist() == [1.0, 0.5] and torch.isnan(acc[2])
+
+
+def test_param_groups_no_decay_on_norms_biases_pos_embed_cls_token(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    model = task.build_model()
+    decay, no_decay = task.param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "cls_token", "encoder.norm.weight", "head.bias"} <= skipped
+    assert "patch_embed.proj.weight" in decayed and "head.weight" in decayed
+    assert not any("norm" in n or n.endswith("bias") for n in decayed)
+    assert len(decayed) + len(skipped) == len(list(model.parameters()))
+
+
+def test_train_batches_deterministic_per_epoch_and_sharded(tmp_path: Path) -> None:
+    task = digits_task(tmp_path, crop="pad", padding=1)
+    first = list(task.train_batches(0, 0, 1))
+    again = list(task.train_batches(0, 0, 1))
+    other = next(iter(task.train_batches(1, 0, 1)))
+    assert len(first) == 1597 // 32
+    assert torch.equal(first[3]["images"], again[3]["images"])
+    assert not torch.equal(first[0]["labels"], other["labels"])
+    rank0 = next(iter(task.train_batches(2, 0, 2)))["labels"]
+    rank1 = next(iter(task.train_batches(2, 1, 2)))["labels"]
+    whole = next(iter(task.train_batches(2, 0, 1)))["labels"]
+    assert len(rank0) == len(rank1) == 16
+    assert sorted(torch.cat([rank0, rank1]).tolist()) == sorted(whole.tolist())
+    with pytest.raises(UserError, match="data.batch_size"):
+        task.train_batches(0, 0, 3)
+
+
+def test_loss_with_mixup_and_cutmix_targets(tmp_path: Path) -> None:
+    task = digits_task(tmp_path, mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1)
+    model = task.build_model()
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # a zero head would give a constant loss
+    batch = next(iter(task.train_batches(0, 0, 1)))
+    targets = batch["targets"]
+    assert targets.shape == (32, 10) and torch.allclose(targets.sum(-1), torch.ones(32))
+    assert bool((targets.max(-1).values < 1).any())  # some mass moved to the partner image
+    out = task.loss(model, batch)
+    logits = model(batch["images"])
+    smoothed = targets * 0.9 + 0.01
+    expected = -(smoothed * F.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    hard = F.cross_entropy(logits, batch["labels"], label_smoothing=0.1)
+    assert not torch.allclose(out.loss, hard)
+    assert out.num_items == 32 and 0.0 <= float(out.logs["accuracy"]) <= 1.0
+    out.loss.backward()
+    assert model.patch_embed.proj.weight.grad is not None
+
+
+def test_evaluate_metrics_and_confusion_png(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    model = task.build_model()
+    model.train()
+    metrics = task.evaluate(model, "test")
+    assert model.training  # the mode is restored
+    assert 0.0 <= metrics["accuracy"] <= metrics["top5"] <= 1.0
+    assert {f"accuracy/{d}" for d in "0123456789"} <= set(metrics)
+    png = tmp_path / "confusion_test.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((tmp_path / "per_class_test.json").read_text())
+    assert sum(map(sum, report["confusion"])) == 100
+    assert json.loads((tmp_path / "classes.json").read_text()) == [str(d) for d in range(10)]
+
+
+def test_resnet18_baseline_keeps_small_images_large(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    task.config.model.arch = "resnet18"
+    model = task.build_model()
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_finetune_from_random_torchvision_vit_file(tmp_path: Path) -> None:
+    pytest.importorskip("unitransformer.interop", reason="interop (load_pretrained_vit) missing")
+    from torchvision.models import VisionTransformer as TorchvisionViT
+
+    torch.manual_seed(0)
+    foreign = TorchvisionViT(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=3,
+        hidden_dim=192,
+        mlp_dim=384,
+        num_classes=7,
+    )
+    file = tmp_path / "tv_vit.pth"
+    torch.save(foreign.state_dict(), file)
+    run = tmp_path / "run"
+    cfg = ImageClassificationConfig(
+        model=ImageModelConfig(size=None, pretrained=str(file), drop_path=0.1),
+        data=ImageDataConfig(holdout=100, image_size=16, batch_size=16),
+    )
+    task = ImageClassificationTask(cfg)
+    task.prepare(run)
+    model = task.build_model()
+    assert torch.equal(model.patch_embed.proj.weight, foreign.conv_proj.weight)
+    assert model.pos_embed.shape == (1, 1 + 2 * 2, 192)  # 4x4 patch grid resampled to 2x2
+    assert model.head.out_features == 10 and model.config.drop_path == 0.1
+    out = task.loss(model, next(iter(task.train_batches(0, 0, 1))))
+    assert torch.isfinite(out.loss)
+    file.unlink()  # evaluate / classify later rebuild the shape from the run directory alone
+    again = ImageClassificationTask(cfg)
+    again.prepare(run)
+    assert again.build_model().pos_embed.shape == model.pos_embed.shape
+
+
+def _image_bytes(mode: str) -> tuple[bytes, str]:
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    image = {
+        "L": Image.fromarray(gray),
+        "P": Image.fromarray(gray).convert("P"),
+        "RGBA": Image.fromarray(gray).convert("RGBA"),
+        "CMYK": Image.fromarray(gray).convert("CMYK"),
+        "I;16": Image.fromarray(gray.astype(np.uint16) * 257),
+        "1": Image.fromarray(gray).convert("1"),
+    }[mode]
+    buffer = io.BytesIO()
+    suffix = "tif" if mode == "CMYK" else "png"
+    image.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+    return buffer.getvalue(), suffix
+
+
+def test_train_a_few_steps_then_classify_every_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    trainer = pytest.importorskip("unitransformer.engine.trainer", reason="engine trainer missing")
+    run = tmp_path / "run"
+    cfg = ImageClassificationConfig(
+        model=ImageModelConfig(size="digits", depth=1, dim=32, num_heads=2),
+        data=ImageDataConfig(holdout=100, batch_size=32),
+        train=TrainConfig(max_steps=4, device="cpu", log_every=2, checkpoint_every=4),
+    )
+    cfg.eval.every = 4
+    trainer.Trainer(ImageClassificationTask(cfg), cfg, run).fit()
+    assert (run / "confusion_val.png").is_file()
+    capsys.readouterr()  # drop the trainer's progress lines
+    paths = []
+    for mode in ("L", "P", "RGBA", "CMYK", "I;16", "1"):
+        data, suffix = _image_bytes(mode)
+        paths.append(tmp_path / f"{mode.replace(';', '')}.{suffix}")
+        paths[-1].write_bytes(data)
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["classify", str(run), *map(str, paths), "--top-k", "3"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 * 4 and lines[0] == str(paths[0])
+    assert all(line.strip().endswith(tuple("0123456789")) and "%" in line for line in lines[1:4])
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    args = parser.parse_args(["classify", str(run), str(bad)])
+    with pytest.raises(UserError, match="notes.jpg"):
+        args.func(args)
