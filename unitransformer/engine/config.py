@@ -7,9 +7,48 @@ parts, and these engine parts as ``optim``, ``schedule``, ``train`` and ``eval``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["EvalConfig", "OptimConfig", "ScheduleConfig", "TrainConfig"]
+from unitransformer.errors import UserError
+
+__all__ = [
+    "ConfigError",
+    "ConfigValueError",
+    "EvalConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "require",
+]
+
+
+class ConfigError(UserError):
+    """A config file or override is wrong: the message names the file or override and the key."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A value out of its allowed range; the loader prefixes the key's full dotted path.
+
+    Attributes:
+        key: The field name within its dataclass.
+        value: The rejected value.
+        expected: What is allowed, in words (e.g. ``"> 0"``).
+    """
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        super().__init__(f"{key}={value!r} is out of range (expected {expected})")
+        self.key = key
+        self.value = value
+        self.expected = expected
+
+
+def require(config: object, key: str, ok: bool, expected: str) -> None:
+    """Raises `ConfigValueError` for ``config.<key>`` unless ``ok``; for ``__post_init__`` checks.
+
+    Task configs use it too, so every range error reads the same way.
+    """
+    if not ok:
+        raise ConfigValueError(key, getattr(config, key), expected)
 
 
 @dataclass
@@ -32,6 +71,13 @@ class OptimConfig:
     weight_decay: float = 0.05
     clip_grad_norm: float = 1.0
 
+    def __post_init__(self) -> None:
+        require(self, "lr", self.lr > 0, "> 0")
+        require(self, "betas", all(0 <= b < 1 for b in self.betas), "two values in [0, 1)")
+        require(self, "eps", self.eps > 0, "> 0")
+        require(self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self, "clip_grad_norm", self.clip_grad_norm >= 0, ">= 0 (0 disables clipping)")
+
 
 @dataclass
 class ScheduleConfig:
@@ -47,6 +93,13 @@ class ScheduleConfig:
     name: Literal["cosine", "inverse_sqrt", "constant"] = "cosine"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self, "warmup_steps", self.warmup_steps >= 0, ">= 0")
+        require(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]")
+        if self.name == "inverse_sqrt":
+            # lr * sqrt(warmup / step) is undefined without a warmup.
+            require(self, "warmup_steps", self.warmup_steps > 0, "> 0 for inverse_sqrt")
 
 
 @dataclass
@@ -68,6 +121,7 @@ class TrainConfig:
         max_nonfinite: Consecutive NaN/Inf losses (steps skipped) before training stops.
         fsdp: Shard the model with FSDP2 (``fully_shard``) under torchrun.
         num_threads: CPU threads for torch; 0 leaves torch's default.
+        tensorboard: Also write TensorBoard events (if tensorboard is installed).
     """
 
     max_steps: int = 1000
@@ -84,6 +138,15 @@ class TrainConfig:
     max_nonfinite: int = 5
     fsdp: bool = False
     num_threads: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "grad_accum", "log_every", "checkpoint_every", "keep_last"):
+            require(self, key, getattr(self, key) >= 1, ">= 1")
+        require(self, "max_nonfinite", self.max_nonfinite >= 1, ">= 1")
+        require(self, "ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 disables EMA)")
+        require(self, "num_threads", self.num_threads >= 0, ">= 0 (0 keeps torch's default)")
+        require(self, "seed", self.seed >= 0, ">= 0")
 
 
 @dataclass
@@ -103,3 +166,8 @@ class EvalConfig:
     mode: Literal["max", "min"] = "max"
     early_stopping: int = 0
     average_last: int = 0
+
+    def __post_init__(self) -> None:
+        require(self, "every", self.every >= 0, ">= 0 (0: only at the end)")
+        require(self, "early_stopping", self.early_stopping >= 0, ">= 0 (0 disables it)")
+        require(self, "average_last", self.average_last >= 0, ">= 0 (0 disables it)")

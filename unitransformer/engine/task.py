@@ -35,6 +35,9 @@ class StepOutput:
 class Task(Protocol):
     """A task as the engine sees it. ``config`` is the task's whole typed config dataclass,
     which has the engine's parts as attributes: ``optim``, ``schedule``, ``train``, ``eval``.
+
+    Optionally, a class attribute ``item_name`` (e.g. ``"tokens"``, ``"images"``) names what
+    `StepOutput.num_items` counts, for the throughput shown while training.
     """
 
     config: Any

@@ -1,0 +1,51 @@
+"""The training engine shared by every task: configs, the loop, checkpoints, distribution."""
+
+from unitransformer.engine.checkpoint import (
+    CheckpointError,
+    average_checkpoints,
+    load_weights,
+    read_run_config,
+)
+from unitransformer.engine.config import (
+    ConfigError,
+    ConfigValueError,
+    EvalConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+    require,
+)
+from unitransformer.engine.loader import (
+    config_diff,
+    config_from_dict,
+    config_to_dict,
+    defaults_of,
+    load_config,
+)
+from unitransformer.engine.runtime import evaluate_run
+from unitransformer.engine.task import StepOutput, Task
+from unitransformer.engine.trainer import Trainer, TrainingStoppedError
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConfigValueError",
+    "EvalConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "StepOutput",
+    "Task",
+    "TrainConfig",
+    "Trainer",
+    "TrainingStoppedError",
+    "average_checkpoints",
+    "config_diff",
+    "config_from_dict",
+    "config_to_dict",
+    "defaults_of",
+    "evaluate_run",
+    "load_config",
+    "load_weights",
+    "read_run_config",
+    "require",
+]

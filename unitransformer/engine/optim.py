@@ -1,0 +1,98 @@
+"""Optimizer, learning-rate schedules and an exponential moving average of the weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unitransformer.engine.config import OptimConfig, ScheduleConfig
+
+__all__ = ["EMA", "build_optimizer", "build_scheduler", "lr_factor"]
+
+
+def build_optimizer(
+    param_groups: list[dict[str, Any]], config: OptimConfig
+) -> torch.optim.Optimizer:
+    """AdamW or Adam over the task's parameter groups (which may set their own weight decay)."""
+    cls = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
+    # foreach=False: the single-tensor path gives the same bits regardless of how the
+    # parameters are grouped, which the resume and DDP equality checks rely on.
+    return cls(
+        param_groups,
+        lr=config.lr,
+        betas=tuple(config.betas),
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        foreach=False,
+    )
+
+
+def lr_factor(step: int, config: ScheduleConfig, max_steps: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) as a fraction of the peak.
+
+    Warmup is linear from ``1 / warmup`` to 1 (never exactly 0, so the first step learns).
+    ``inverse_sqrt`` is Vaswani et al. 2017's schedule normalized to peak at 1;
+    ``cosine`` decays to ``min_lr_ratio`` at ``max_steps``.
+    """
+    warmup = config.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.name == "constant":
+        return 1.0
+    if config.name == "inverse_sqrt":
+        return math.sqrt(warmup / (step + 1))
+    progress = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` stepping once per optimizer step along `lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config, max_steps)
+    )
+
+
+class EMA:
+    """An exponential moving average of a model's parameters (buffers are copied as they are).
+
+    ``shadow = decay * shadow + (1 - decay) * param`` after each optimizer step; evaluated or
+    exported through `state_dict`, whose keys are the model's own.
+
+    Args:
+        model: The (unwrapped) model whose weights are averaged.
+        decay: Weight of the past, in [0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow: dict[str, Tensor] = {
+            k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+            for k, v in model.state_dict().items()
+        }
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Moves the average towards the model's current weights."""
+        for key, value in model.state_dict().items():
+            shadow = self.shadow[key]
+            if value.is_floating_point():
+                shadow.lerp_(value.detach().float(), 1.0 - self.decay)
+            else:
+                shadow.copy_(value)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged weights, keyed like the model's state dict."""
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restores averaged weights saved by `state_dict` (keys must match the model's)."""
+        if set(state) != set(self.shadow):
+            raise KeyError("EMA state does not match the model's keys")
+        for key, value in state.items():
+            self.shadow[key].copy_(value)

@@ -1,0 +1,66 @@
+"""Run-time helpers of the loop: seeds and determinism, moving batches, autocast, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unitransformer.engine import checkpoint as ckpt
+from unitransformer.engine import distributed as D
+from unitransformer.engine.task import Task
+
+__all__ = ["autocast", "evaluate_run", "move_to", "seed_everything"]
+
+
+def seed_everything(seed: int, deterministic: bool, num_threads: int = 0) -> None:
+    """Seeds Python, NumPy and torch; in deterministic mode, only deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic (CUDA docs, "Reproducibility").
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (nested in dicts, lists, tuples) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(move_to(v, device) for v in batch)
+    if hasattr(batch, "_fields"):  # A namedtuple rebuilds from positional fields.
+        return type(batch)(*(move_to(v, device) for v in batch))
+    return batch
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for ``train.precision``: bf16 or fp16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def evaluate_run(
+    task: Task, run_dir: str | Path, which: str = "best", split: str = "val"
+) -> dict[str, float]:
+    """Evaluates a trained run's ``which`` weights on ``split``, from the run directory alone."""
+    task.prepare(Path(run_dir))
+    model = task.build_model()
+    ckpt.load_weights(run_dir, model, which)
+    device = D.select_device(task.config.train.device)
+    model.to(device).eval()
+    with torch.no_grad(), autocast(device, task.config.train.precision):
+        return task.evaluate(model, split)
