@@ -64,7 +64,9 @@ def _last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # The same thread count as this process: float sums are only bit-identical across the
+    # killed subprocess and the in-process runs when both split the work the same way.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     return env
 
