@@ -15,23 +15,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.registry import resolve_task
+from tasks.registry import load_run, resolve_task
 from unitransformer.engine import (
     Trainer,
     average_checkpoints,
     config_diff,
-    config_from_dict,
     config_to_dict,
     defaults_of,
     evaluate_run,
     load_config,
     read_run_config,
 )
-from unitransformer.engine.checkpoint import CONFIG_FILE, checkpoint_dirs
+from unitransformer.engine.checkpoint import checkpoint_dirs
 from unitransformer.engine.loader import read_yaml
 from unitransformer.errors import UserError
 
-__all__ = ["build_parser", "load_run", "main"]
+__all__ = ["build_parser", "main"]
 
 # Packages whose `commands.add_commands(subparsers)` adds task commands (translate, classify...).
 TASK_COMMANDS = ("tasks.image_classification.commands", "tasks.translation.commands")
@@ -69,19 +68,6 @@ def _check_resume(run_dir: Path, config: dict[str, Any], force: bool) -> None:
             f"{run_dir} was trained with a different config ({changes}); "
             "pass --force to resume with the new one, or --run-dir for a new run"
         )
-
-
-def load_run(run_dir: str | Path) -> tuple[Any, Any]:
-    """The saved config of a run directory and its task object (assets not loaded yet).
-
-    Raises:
-        UserError: Not a run directory, or its config no longer validates.
-    """
-    data = read_run_config(run_dir)
-    source = str(Path(run_dir) / CONFIG_FILE)
-    config_cls, task_cls = resolve_task(data.get("task"), where=source)
-    config = config_from_dict(config_cls, data, source=source)
-    return config, task_cls(config)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

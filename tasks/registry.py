@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from unitransformer.engine.checkpoint import (
+    CONFIG_FILE,
+    checkpoint_dirs,
+    load_weights,
+    read_run_config,
+)
+from unitransformer.engine.loader import config_from_dict
 from unitransformer.errors import UserError
 
-__all__ = ["TASKS", "resolve_task"]
+__all__ = ["TASKS", "load_run", "load_trained", "resolve_task"]
 
 TASKS: dict[str, str] = {
     "image_classification": (
@@ -57,3 +67,47 @@ def resolve_task(name: Any, where: str = "config") -> tuple[type, type]:
             f"{where}: task {name!r} is not available (no module {module_name})"
         ) from None
     return getattr(module, config_name), getattr(module, task_name)
+
+
+def load_run(run_dir: str | Path, expect_task: str | None = None) -> tuple[Any, Any]:
+    """The saved config of a run directory and its task object (assets not loaded yet).
+
+    Args:
+        run_dir: A directory written by ``unitransformer train``.
+        expect_task: The task a command needs (``classify`` needs image_classification);
+            a run of another task is refused with a message saying so.
+
+    Raises:
+        UserError: Not a run directory, a run of another task, or a config that no longer
+            validates.
+    """
+    data = read_run_config(run_dir)
+    source = str(Path(run_dir) / CONFIG_FILE)
+    if expect_task is not None and data.get("task") != expect_task:
+        raise UserError(
+            f"{source}: this is a {data.get('task')!r} run; the command needs a {expect_task!r} run"
+        )
+    config_cls, task_cls = resolve_task(data.get("task"), where=source)
+    config = config_from_dict(config_cls, data, source=source)
+    return config, task_cls(config)
+
+
+def load_trained(
+    run_dir: str | Path, which: str = "best", expect_task: str | None = None
+) -> tuple[Any, nn.Module]:
+    """The task (assets loaded) and the trained model, in eval mode, of a run directory.
+
+    Everything comes from the run directory: ``evaluate``, ``translate``, ``classify`` and
+    ``attention`` need nothing else.
+
+    Raises:
+        UserError: As `load_run`, or when the run has no weights ``which`` yet.
+    """
+    _, task = load_run(run_dir, expect_task)
+    if not checkpoint_dirs(Path(run_dir)):
+        # Checked before `prepare`, which would otherwise build the assets of an empty run.
+        raise UserError(f"{run_dir}: no checkpoint yet (train it first)")
+    task.prepare(Path(run_dir))
+    model = task.build_model()
+    load_weights(run_dir, model, which=which)
+    return task, model.eval()

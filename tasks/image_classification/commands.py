@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks.image_classification.config import ImageClassificationConfig
 from tasks.image_classification.task import ImageClassificationTask
-from unitransformer.errors import UserError
 
 __all__ = ["add_commands", "classify"]
 
@@ -18,23 +16,9 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[ImageClassificationTas
     Raises:
         UserError: Not a run directory, a run of another task, or weights that do not fit.
     """
-    from unitransformer.engine.checkpoint import CONFIG_FILE, load_weights, read_run_config
-    from unitransformer.engine.loader import config_from_dict
+    from tasks.registry import load_trained
 
-    data = read_run_config(run_dir)
-    if data.get("task") != "image_classification":
-        raise UserError(
-            f"{run_dir / CONFIG_FILE}: task is {data.get('task')!r}; classify needs an "
-            f"image_classification run"
-        )
-    config = config_from_dict(ImageClassificationConfig, data, source=str(run_dir / CONFIG_FILE))
-    task = ImageClassificationTask(config)
-    if not (run_dir / "classes.json").is_file():
-        raise UserError(f"{run_dir}: no classes.json (the run never started training)")
-    task.prepare(run_dir)
-    model = task.build_model()
-    load_weights(run_dir, model, which=which)
-    return task, model
+    return load_trained(run_dir, which, expect_task="image_classification")
 
 
 def classify(args: argparse.Namespace) -> int:

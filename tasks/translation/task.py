@@ -89,16 +89,9 @@ class TranslationTask:
     @classmethod
     def from_run_dir(cls, run_dir: Path, which: str = "best") -> tuple[TranslationTask, nn.Module]:
         """The task and trained model of a run directory (for `translate` and the Python API)."""
-        from unitransformer.engine.checkpoint import CONFIG_FILE, load_weights, read_run_config
-        from unitransformer.engine.loader import config_from_dict
+        from tasks.registry import load_trained
 
-        data = read_run_config(run_dir)
-        config = config_from_dict(TranslationConfig, data, source=str(Path(run_dir) / CONFIG_FILE))
-        task = cls(config)
-        task.prepare(Path(run_dir))
-        model = task.build_model()
-        load_weights(run_dir, model, which)
-        return task, model.eval()
+        return load_trained(run_dir, which, expect_task="translation")
 
     def prepare(self, run_dir: Path) -> None:
         """Loads the run's tokenizer, or trains it on the training data (cached) and saves it."""
