@@ -141,7 +141,13 @@ def _configure_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (2 for a user's mistake)."""
     _configure_logging()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `train CONFIG --run-dir D key=value`: overrides may come after the options too.
+    if args.command == "train" and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -132,3 +132,18 @@ def test_the_console_entry_point_prints_one_line_and_exits_2(tmp_path):
         result.stderr.strip()
         == f"error: {missing}: cannot read the config file (No such file or directory)"
     )
+
+
+def test_overrides_may_follow_the_options(tmp_path, monkeypatch, capsys):
+    from tasks import cli
+
+    seen = {}
+    # build_parser looks `_train` up when main() runs, so the stand-in receives the args.
+    monkeypatch.setattr(cli, "_train", lambda args: seen.update(vars(args)) or 0)
+    argv = ["train", "c.yaml", "optim.lr=0.1", "--run-dir", str(tmp_path), "train.seed=3"]
+    assert cli.main(argv) == 0
+    assert seen["overrides"] == ["optim.lr=0.1", "train.seed=3"]
+    assert seen["run_dir"] == str(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", str(tmp_path), "x=1"])
+    assert "unrecognized arguments: x=1" in capsys.readouterr().err

@@ -28,6 +28,8 @@ class ImageModelConfig:
         num_heads: Overrides the number of attention heads.
         mlp_ratio: Overrides the MLP hidden width over ``dim``.
         pool: Overrides the pooling, ``cls`` or ``mean``.
+        stem: Overrides the tokenizer of the image: ``patch`` (linear patches, the ViT) or
+            ``conv`` (a small convolutional stem, the paper's hybrid).
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -44,6 +46,7 @@ class ImageModelConfig:
     num_heads: int | None = None
     mlp_ratio: float | None = None
     pool: Literal["cls", "mean"] | None = None
+    stem: Literal["patch", "conv"] | None = None
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -51,7 +54,7 @@ class ImageModelConfig:
 
     def vit_overrides(self) -> dict[str, object]:
         """The ViT fields this config sets (the ``None`` ones keep the size's value)."""
-        shape = ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool")
+        shape = ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool", "stem")
         out: dict[str, object] = {k: getattr(self, k) for k in shape if getattr(self, k)}
         out.update(dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path)
         return out
@@ -70,7 +73,7 @@ class ImageModelConfig:
                     if getattr(self, key) is None:
                         raise UserError(f"model.{key}: required when model.size is null")
         if self.pretrained is not None:
-            for key in ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool"):
+            for key in ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool", "stem"):
                 if getattr(self, key) is not None:
                     raise UserError(
                         f"model.{key}: the pretrained checkpoint sets the shape; leave it null"
