@@ -33,7 +33,12 @@ from unitransformer.errors import UserError
 __all__ = ["build_parser", "main"]
 
 # Packages whose `commands.add_commands(subparsers)` adds task commands (translate, classify...).
-TASK_COMMANDS = ("tasks.image_classification.commands", "tasks.translation.commands")
+TASK_COMMANDS = (
+    "tasks.image_classification.commands",
+    "tasks.translation.commands",
+    "tasks.attention.commands",
+    "tasks.demo.commands",
+)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -29,7 +29,9 @@ def _overlay(ax: plt.Axes, image: np.ndarray, heat: np.ndarray, title: str) -> N
     """Draws ``heat`` (a patch grid) upsampled over ``image`` ``[H, W, 3]`` in 0..1."""
     h, w = image.shape[:2]
     ax.imshow(image, interpolation="nearest")
-    ax.imshow(heat, cmap="inferno", alpha=0.6, extent=(0, w, h, 0), interpolation="bilinear")
+    # Pixel centres sit on integers: the heat map must cover the same -0.5 .. size - 0.5 box.
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    ax.imshow(heat, cmap="inferno", alpha=0.6, extent=extent, interpolation="bilinear")
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 

@@ -211,6 +211,14 @@ class ImageClassificationTask:
 
     # ----- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
+    def images(self, split: str, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Decoded ``uint8 [N, 3, S, S]`` images of ``split`` at ``indices``, and their labels."""
+        return self._store(split).get(torch.as_tensor(list(indices)))
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """What the model sees at evaluation: ``uint8`` images resized and normalized."""
+        return eval_transform(images, self.config.data)
+
     def predict_logits(self, model: nn.Module, split: str) -> tuple[Tensor, Tensor]:
         """``(logits [N, C] float32 on CPU, labels [N])`` of every image of ``split``."""
         store = self._store(split)
