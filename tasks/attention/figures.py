@@ -137,9 +137,14 @@ def tokens_figure(
     ax = axes[0, 0]
     ax.axis("off")
     ax.set_title("a sentence, cut into subword tokens", fontsize=9)
+    x, y = 0.0, 0.8
     for i, piece in enumerate(pieces):
-        ax.text(i / max(len(pieces), 1), 0.5, piece, fontsize=9, ha="left", va="center",
+        width = 0.018 * (len(piece) + 2)  # about one character per 1.8% of the panel
+        if x + width > 1.0:  # wrap onto the next line
+            x, y = 0.0, y - 0.2
+        ax.text(x, y, piece, fontsize=9, ha="left", va="center",
                 bbox=dict(boxstyle="round", fc=plt.cm.tab20(i % 20), alpha=0.6))  # fmt: skip
+        x += width
     ax = axes[1, 0]
     ax.set_title(f"an image, cut into {gh}x{gw} patches of {patch_size}x{patch_size}", fontsize=9)
     ax.imshow(image, interpolation="nearest")
@@ -154,4 +159,6 @@ def tokens_figure(
         )
         ax.set_xlabel("dim")
         ax.set_ylabel(f"{what} index")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
     return _save(fig, path)

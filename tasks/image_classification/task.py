@@ -219,6 +219,7 @@ class ImageClassificationTask:
         """What the model sees at evaluation: ``uint8`` images resized and normalized."""
         return eval_transform(images, self.config.data)
 
+    @torch.no_grad()
     def predict_logits(self, model: nn.Module, split: str) -> tuple[Tensor, Tensor]:
         """``(logits [N, C] float32 on CPU, labels [N])`` of every image of ``split``."""
         store = self._store(split)

@@ -214,7 +214,7 @@ class TranslationTask:
         ``run_dir/eval/{split}.hyp.txt`` and ``{split}.scores.json``, and prints the scores.
         """
         name = _split_name(self.config, split)
-        pairs = load_split(self.config.data, name)
+        pairs = self.pairs(split)
         limit = self.config.decode.max_sentences
         if limit and split != "test":
             pairs = pairs[:limit]  # a cheap estimate during training; test is always whole
@@ -230,6 +230,10 @@ class TranslationTask:
             atomic_write_bytes(out / f"{name}.scores.json", json.dumps(report, indent=2).encode())
         print("\n".join(f"{name}: {line}" for line in lines), file=sys.stderr)
         return scores
+
+    def pairs(self, split: str) -> list[Pair]:
+        """The (source, reference) pairs of ``split`` (``val``, ``test`` or a split name)."""
+        return load_split(self.config.data, _split_name(self.config, split))
 
     def translate_pairs(self, model: nn.Module, pairs: list[Pair]) -> list[str]:
         """The detokenized beam-search translations of the sources of ``pairs``, in order."""
