@@ -30,7 +30,7 @@ __all__ = ["run_demo"]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUICK = {
-    "vision": (CONFIGS / "image_classification" / "digits_vit.yaml", ["train.max_steps=1500"]),
+    "vision": (CONFIGS / "image_classification" / "digits_vit.yaml", []),
     "translation": (CONFIGS / "demo" / "synthetic_translation.yaml", []),
 }
 FULL = {
