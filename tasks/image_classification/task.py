@@ -23,6 +23,7 @@ from tasks.image_classification.metrics import (
 )
 from tasks.image_classification.resnet import small_resnet18
 from unitransformer.engine.checkpoint import atomic_write_text
+from unitransformer.engine.optim import weight_decay_groups
 from unitransformer.engine.task import StepOutput
 from unitransformer.errors import UserError
 from unitransformer.models import VisionTransformer, ViTConfig
@@ -147,22 +148,10 @@ class ImageClassificationTask:
         return model
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """Two groups: weight decay on weight matrices and kernels only; none on norms,
-        biases and the position embeddings and class token (decaying them towards zero only
-        hurts, as in the ViT and DeiT recipes).
+        """Weight decay on weight matrices and kernels only; none on norms, biases, the
+        position embeddings and the class token (as in the ViT and DeiT recipes).
         """
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if not param.requires_grad:
-                continue
-            if param.ndim <= 1 or name.split(".")[-1] in _NO_DECAY_NAMES:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return weight_decay_groups(model, weight_decay, no_decay=_NO_DECAY_NAMES)
 
     # ----- training -----------------------------------------------------------------------
     def train_batches(self, epoch: int, rank: int, world_size: int) -> Iterator[dict[str, Tensor]]:

@@ -21,6 +21,7 @@ from tasks.translation.tokenizer import (
     default_cache_dir,
 )
 from tasks.translation.translator import decode_sources, source_limit
+from unitransformer.engine.optim import weight_decay_groups
 from unitransformer.engine.task import StepOutput
 from unitransformer.errors import UserError
 
@@ -257,18 +258,7 @@ class TranslationTask:
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Weight decay on weight matrices only: not on biases, norms, embeddings or positions."""
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if not param.requires_grad:
-                continue
-            if param.ndim < 2 or "embed" in name or "positions" in name:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return weight_decay_groups(model, weight_decay, no_decay=("embed", "positions"))
 
 
 def _score(hypotheses: list[str], references: list[str]) -> tuple[dict[str, float], list[str]]:

@@ -10,7 +10,28 @@ from torch import Tensor, nn
 
 from unitransformer.engine.config import OptimConfig, ScheduleConfig
 
-__all__ = ["EMA", "build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["EMA", "build_optimizer", "build_scheduler", "lr_factor", "weight_decay_groups"]
+
+
+def weight_decay_groups(
+    model: nn.Module, weight_decay: float, no_decay: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Two optimizer groups: decay on weight matrices and kernels, none on the rest.
+
+    Biases and norm scales (1-d), and any parameter whose name contains one of ``no_decay``
+    (embeddings, positions, class tokens), are not decayed: pulling them towards zero only
+    hurts (the ViT and DeiT recipes; fairseq for translation).
+    """
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or any(part in name for part in no_decay)
+        (keep if skip else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": keep, "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(
