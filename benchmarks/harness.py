@@ -85,15 +85,32 @@ def peak_rss_mib(prelude: str, code: str) -> float:
     """Peak resident memory (MiB) that ``code`` adds, in a fresh Python process.
 
     A separate process per measurement, so that neither model's allocations are hidden by the
-    other's (the allocator keeps one high-water mark per process). ``prelude`` (the imports)
-    runs first and its own peak is subtracted, so that only the model and its steps count.
+    other's. ``prelude`` (the imports) runs first; a thread then samples the process's current
+    RSS every millisecond while ``code`` runs, and the peak over the RSS just before is reported
+    (the kernel's own high-water mark would still hold the imports' transient peak).
     """
-    peak = "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
-    script = f"import resource\n{prelude}\nbase = {peak}\n{code}\nprint({peak} - base)"
+    script = f"""
+import threading, time
+{prelude}
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * {os.sysconf("SC_PAGE_SIZE")}
+base, peak, done = rss(), [0], threading.Event()
+def watch():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.001)
+watcher = threading.Thread(target=watch)
+watcher.start()
+{code}
+done.set()
+watcher.join()
+print(max(peak[0], rss()) - base)
+"""
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=os.getcwd()
     )
-    return int(result.stdout.strip().splitlines()[-1]) / 1024
+    return int(result.stdout.strip().splitlines()[-1]) / 2**20
 
 
 def machine_description() -> str:
