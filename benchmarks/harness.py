@@ -16,10 +16,21 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-__all__ = ["Row", "machine_description", "matmul_peak_flops", "peak_rss_mib", "time_pair"]
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+__all__ = [
+    "RESULTS",
+    "Row",
+    "machine_description",
+    "matmul_peak_flops",
+    "peak_rss_mib",
+    "time_pair",
+    "write_section",
+]
 
 
 @dataclass
@@ -126,3 +137,20 @@ def machine_description() -> str:
         f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"Python {platform.python_version()} (harness RSS {rss} MiB)"
     )
+
+
+def write_section(name: str, text: str) -> None:
+    """Replaces the section ``name`` of RESULTS.md (between its markers), keeping the others.
+
+    Each script owns one section, so the suite, the fault injection and the lecture table can
+    rewrite their own figures without touching each other's.
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n{text.strip()}\n{end}"
+    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if begin in current:
+        head, rest = current.split(begin, 1)
+        current = head + section + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(current)

@@ -27,9 +27,8 @@ from benchmarks.harness import (  # noqa: E402
     matmul_peak_flops,
     peak_rss_mib,
     time_pair,
+    write_section,
 )
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def attention_rows(repeats: int, quick: bool) -> list[Row]:
@@ -187,19 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_results(table: str, command: str, repeats: int) -> None:
     """Replaces the suite's section of RESULTS.md, keeping the other sections."""
-    begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
-    section = (
-        f"{begin}\n## Side-by-side suite\n\nCommand: `{command}`  \n"
+    write_section(
+        "suite",
+        f"## Side-by-side suite\n\nCommand: `{command}`  \n"
         f"Date: {datetime.date.today().isoformat()}  \nMachine: {machine_description()}  \n"
-        f"Median of {repeats} alternating runs after 2 warm-up runs each.\n\n{table}\n{end}"
+        f"Median of {repeats} alternating runs after 2 warm-up runs each.\n\n{table}",
     )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
 
 
 if __name__ == "__main__":
