@@ -36,6 +36,7 @@ __all__ = ["build_parser", "main"]
 TASK_COMMANDS = (
     "tasks.image_classification.commands",
     "tasks.translation.commands",
+    "tasks.translation.export",
     "tasks.attention.commands",
     "tasks.demo.commands",
 )

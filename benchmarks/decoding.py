@@ -1,0 +1,209 @@
+"""Row 4: beam search, ours against Hugging Face ``generate`` and CTranslate2 (float32, int8).
+
+    .venv/bin/python benchmarks/decoding.py              # the rows, then RESULTS.md (~3 min)
+    .venv/bin/python benchmarks/decoding.py --quick      # 10 sentences, 1 repeat, no RESULTS.md
+    .venv/bin/python benchmarks/decoding.py --profile    # where our beam search spends its time
+
+One model, the same weights everywhere: row 3's translation model (d=256, 3+3 post-LN layers,
+8 heads, FFN 1024, vocabulary 8,000) is built as a Hugging Face ``MarianMTModel``, converted to
+ours with `seq2seq_from_marian`, and ours exported with `export_ctranslate2`. 100 source
+sentences of 12 to 28 random tokens, beam 5, one batch. Every engine runs the same number of
+decoder steps: eos is forbidden until the last step (our ``min_len`` with ``max_len_a=0``,
+Hugging Face's ``min_new_tokens = max_new_tokens``, CTranslate2's ``min_decoding_length =
+max_decoding_length``), so a faster engine cannot win by stopping earlier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import rows as R  # noqa: E402
+from benchmarks.harness import Row, machine_description, time_pair, write_section  # noqa: E402
+from benchmarks.run import format_table  # noqa: E402
+from tasks.translation.export import export_ctranslate2  # noqa: E402
+from unitransformer.decoding import beam_search  # noqa: E402
+from unitransformer.interop import seq2seq_from_marian  # noqa: E402
+
+BEAM = 5
+SENTENCES = 100
+OUTPUT_TOKENS = 24  # tokens before the forced eos: OUTPUT_TOKENS + 1 decoder steps
+SOURCE_LENGTHS = (12, 28)
+SPECIALS = {0: "<pad>", 1: "<s>", 2: "</s>", 3: "<unk>"}  # row 3's Marian ids: pad, start, eos
+
+
+def vocabulary(size: int) -> list[str]:
+    """Token strings for CTranslate2: the specials at row 3's ids, then ``w4``, ``w5``..."""
+    return [SPECIALS.get(i, f"w{i}") for i in range(size)]
+
+
+def sources(count: int, seed: int = 0) -> list[list[int]]:
+    """Random source sentences, each ending with eos (id 2), as our tokenizers write them."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(SOURCE_LENGTHS[0], SOURCE_LENGTHS[1] + 1, (count,), generator=g)
+    vocab = R.SEQ2SEQ["vocab"]
+    return [[*torch.randint(4, vocab, (int(n),), generator=g).tolist(), 2] for n in lengths]
+
+
+def padded(batch: list[list[int]], pad: int = 0) -> torch.Tensor:
+    """``[B, S]`` right-padded ids."""
+    rows = [torch.tensor(s) for s in batch]
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+
+
+def ours_decoder(model: torch.nn.Module, src: torch.Tensor, bf16: bool = False) -> Callable:
+    """Our `beam_search`: ``OUTPUT_TOKENS`` tokens, then the eos that the limit forces."""
+
+    def run() -> list[list[int]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            found = beam_search(
+                model, src, BEAM, length_penalty=1.0, min_len=OUTPUT_TOKENS,
+                max_len_a=0, max_len_b=OUTPUT_TOKENS,
+            )  # fmt: skip
+        return [hyps[0].tokens for hyps in found]
+
+    return run
+
+
+def hf_decoder(marian: torch.nn.Module, src: torch.Tensor) -> Callable:
+    """Hugging Face ``generate``: ``OUTPUT_TOKENS + 1`` tokens, eos never allowed."""
+    mask = src.ne(0).long()
+
+    def run() -> list[list[int]]:
+        with torch.inference_mode():
+            out = marian.generate(
+                input_ids=src, attention_mask=mask, num_beams=BEAM, do_sample=False,
+                max_new_tokens=OUTPUT_TOKENS + 1, min_new_tokens=OUTPUT_TOKENS + 1,
+                length_penalty=1.0, suppress_tokens=[0, 1],
+            )  # fmt: skip
+        return [row[1 : OUTPUT_TOKENS + 1] for row in out.tolist()]  # drop the start token
+
+    return run
+
+
+def ct2_decoder(translator: Any, batch: list[list[int]], vocab: list[str]) -> Callable:
+    """CTranslate2's ``translate_batch``: ``OUTPUT_TOKENS + 1`` decoder steps, eos never allowed."""
+    tokens = [[vocab[i] for i in s[:-1]] for s in batch]  # it appends eos itself
+    index = {token: i for i, token in enumerate(vocab)}
+
+    def run() -> list[list[int]]:
+        results = translator.translate_batch(
+            tokens, beam_size=BEAM, length_penalty=1.0, max_batch_size=0,
+            max_decoding_length=OUTPUT_TOKENS + 1, min_decoding_length=OUTPUT_TOKENS + 1,
+        )  # fmt: skip
+        return [[index[t] for t in r.hypotheses[0][:OUTPUT_TOKENS]] for r in results]
+
+    return run
+
+
+def build(threads: int, folder: Path) -> dict[str, Any]:
+    """The three engines over one set of weights; CTranslate2 in float32 and int8."""
+    import ctranslate2
+
+    torch.manual_seed(0)
+    marian = R.marian_seq2seq().eval()
+    # Decoding settings come from the call alone: no forced final token, nothing banned.
+    marian.generation_config.forced_eos_token_id = None
+    marian.generation_config.bad_words_ids = None
+    ours = seq2seq_from_marian(marian)
+    vocab = vocabulary(R.SEQ2SEQ["vocab"])
+    engines: dict[str, Any] = {"marian": marian, "ours": ours, "vocab": vocab}
+    for quantization in ("float32", "int8"):
+        path = export_ctranslate2(
+            ours, folder / quantization, vocab, vocab, quantization=quantization
+        )
+        engines[quantization] = ctranslate2.Translator(
+            str(path), device="cpu", compute_type=quantization, intra_threads=threads
+        )
+    return engines
+
+
+def lengths(outputs: list[list[int]]) -> str:
+    """The shortest and longest output: proof that no engine stopped early."""
+    sizes = [len(tokens) for tokens in outputs]
+    return f"{min(sizes)}-{max(sizes)} tokens"
+
+
+def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
+    """The rows: ours (float32, and bfloat16 autocast) against each peer."""
+    batch = sources(count)
+    src = padded(batch)
+    ours = ours_decoder(engines["ours"], src)
+    peers = {
+        "HF generate fp32": hf_decoder(engines["marian"], src),
+        "CTranslate2 float32": ct2_decoder(engines["float32"], batch, engines["vocab"]),
+        "CTranslate2 int8": ct2_decoder(engines["int8"], batch, engines["vocab"]),
+    }
+    rows = []
+    for peer_name, peer in peers.items():
+        ours_s, peer_s = time_pair(ours, peer, repeats, warmup=1)
+        name = f"beam search, beam {BEAM}, {count} sentences, fp32"
+        row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
+        # Best hypotheses are not compared: at the forced end ours ranks with the eos log-prob,
+        # the peers with that of a last regular token (tests/test_export.py compares searches).
+        row.notes["output length"] = f"ours {lengths(ours())}, peer {lengths(peer())}"
+        rows.append(row)
+    bf16 = ours_decoder(engines["ours"], src, bf16=True)
+    ours_s, peer_s = time_pair(bf16, peers["CTranslate2 int8"], repeats, warmup=1)
+    name = f"beam search, beam {BEAM}, {count} sentences, ours bf16 autocast"
+    rows.append(Row(name, "CTranslate2 int8", ours_s, peer_s, count, "sentences"))
+    return rows
+
+
+def profile(engines: dict[str, Any], count: int) -> str:
+    """torch.profiler's table of one of our beam searches, by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run = ours_decoder(engines["ours"], padded(sources(count)))
+    run()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the rows (or the profile), prints them, and rewrites the decoding section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="10 sentences, 1 repeat; no file")
+    parser.add_argument("--profile", action="store_true", help="profile ours; no file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    count, repeats = (10, 1) if args.quick else (SENTENCES, args.repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        engines = build(args.threads, Path(folder))
+        if args.profile:
+            print(profile(engines, count))
+            return 0
+        rows = measure(engines, count, repeats)
+    table = format_table(rows)
+    print(table)
+    if not args.quick:
+        command = "python benchmarks/decoding.py " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        write_section(
+            "decoding",
+            f"## Beam search (row 4)\n\nCommand: `{command.strip()}`  \n"
+            f"Date: {datetime.date.today().isoformat()}  \nMachine: {machine_description()}  \n"
+            f"Median of {repeats} alternating runs after 1 warm-up run each. Row 3's model "
+            f"(d=256, 3+3 layers, vocabulary 8,000), one set of weights; {count} sources of "
+            f"{SOURCE_LENGTHS[0]}-{SOURCE_LENGTHS[1]} tokens; every engine forced to "
+            f"{OUTPUT_TOKENS + 1} decoder steps.\n\n{table}",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
