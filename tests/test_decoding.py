@@ -107,8 +107,15 @@ def teacher_forced_log_prob(model: nn.Module, src: Tensor, tokens: list[int]) ->
     tgt_in = torch.tensor([[BOS, *tokens]])
     target = torch.tensor([[*tokens, EOS]])
     with torch.no_grad():
-        lprobs = model(src, tgt_in).float().log_softmax(-1)
+        lprobs = allowed_log_probs(model(src, tgt_in))
     return lprobs.gather(-1, target[..., None]).sum().item()
+
+
+def allowed_log_probs(logits: Tensor) -> Tensor:
+    """Log-probabilities over the tokens decoding may produce: pad and bos are never generated."""
+    logits = logits.float().clone()
+    logits[..., [PAD, BOS]] = float("-inf")
+    return logits.log_softmax(-1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -166,7 +173,7 @@ def all_scores(model: nn.Module, src: Tensor, max_len: int, alpha: float) -> lis
         tgt_in = torch.cat([torch.full((rows, 1), BOS), outputs], 1)  # [N, length + 1]
         target = torch.cat([outputs, torch.full((rows, 1), EOS)], 1)
         with torch.no_grad():
-            lprobs = model(src.expand(rows, -1), tgt_in).float().log_softmax(-1)
+            lprobs = allowed_log_probs(model(src.expand(rows, -1), tgt_in))
         log_probs = lprobs.gather(-1, target[..., None]).sum((1, 2))  # [N]
         scores += (log_probs / length_penalty_factor(length + 1, alpha)).tolist()
     return scores

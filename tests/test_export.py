@@ -140,8 +140,9 @@ def test_beam_search_matches_ours_on_a_trained_run(
         tokens = [exported.target.piece_to_id(p) for p in result.hypotheses[0]]
         assert tokens == hyps[0].tokens
         # Its score is the sum of the token log-probs, eos included, with padding and bos out
-        # of the softmax (ours ranks by log-probs with them in: a hair lower).
+        # of the softmax: the same as ours.
         assert result.scores[0] == pytest.approx(_log_prob(model, source, tokens), abs=1e-3)
+        assert hyps[0].log_prob == pytest.approx(result.scores[0], abs=1e-3)
     texts = {exported.decode_target(h[0].tokens) for h in ours}
     assert len(texts) > 5  # a model that says one thing for everything would prove little
 

@@ -294,13 +294,17 @@ class _BeamSearch:
         """Log-probabilities of the next token ``[b * n, V]``, with the length rules applied."""
         inputs = self.tokens[:, step : step + 1]  # [b * n, 1]
         logits = self.model.decode(inputs, self.memory, self.memory_mask, self.cache)[:, -1]
-        lprobs = logits.float().log_softmax(-1)  # [b * n, V], float32 whatever the model's dtype
-        lprobs.index_fill_(1, self.special.banned, float("-inf"))
+        # Banned before the softmax: the scores are a distribution over the tokens that can
+        # actually be generated (as in CTranslate2), so beams rank the same in both.
+        logits = logits.float()  # float32 whatever the model's dtype
+        logits.index_fill_(1, self.special.banned, float("-inf"))
+        lprobs = logits.log_softmax(-1)  # [b * n, V]
         eos = self.special.eos
         eos_lprobs = lprobs[:, eos].clone()
         n = lprobs.shape[0] // self.max_lens.shape[0]
         forced = self.max_lens.eq(step).repeat_interleave(n)  # [b * n] rows at their limit
-        lprobs.masked_fill_(forced[:, None], float("-inf"))
+        if forced.any():  # only at a length limit: no full-vocabulary fill on other steps
+            lprobs.masked_fill_(forced[:, None], float("-inf"))
         if step < self.min_len:
             # Too short to end, unless the length limit forces the end.
             eos_lprobs = eos_lprobs.masked_fill(~forced, float("-inf"))
