@@ -135,9 +135,19 @@ class SelfAttentionCache:
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
     def reorder(self, index: Tensor) -> None:
-        """Keeps batch rows ``index`` (beam reordering, retiring finished sentences)."""
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        """Keeps batch rows ``index`` (beam reordering, retiring finished sentences).
+
+        Only the filled positions are gathered, into fresh buffers of the same capacity: a beam
+        step early in a long capacity copies a few positions, not the whole buffer.
+        """
+        if self.k is None:
+            return
+        filled = self.length
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_empty(index.numel(), *old.shape[1:])
+            torch.index_select(old[:, :, :filled], 0, index, out=new[:, :, :filled])
+            setattr(self, name, new)
 
 
 class CrossAttentionCache:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unitransformer.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
@@ -176,10 +177,8 @@ class Seq2SeqTransformer(nn.Module):
         offset = cache.offset if cache is not None else 0
         x = self._embed(self.tgt_embed, tgt_ids, offset)
         x = self.decoder(x, memory, memory_padding_mask, cache)
-        logits = self.output(x)
-        if self.final_logits_bias is not None:
-            logits = logits + self.final_logits_bias
-        return logits
+        # One matmul with the bias folded in, rather than a second pass over [B, T, vocab].
+        return F.linear(x, self.output.weight, self.final_logits_bias)
 
     def new_cache(self) -> DecoderCache:
         """An empty incremental-decoding cache for `decode`."""
