@@ -150,12 +150,14 @@ def test_cache_reorder_keeps_the_chosen_rows_and_room_to_grow():
     torch.manual_seed(0)
     attn = Attention(16, 4).eval()
     x = torch.randn(3, 6, 16)
-    cache = SelfAttentionCache(capacity=8)
-    for i in range(3):
-        attn(x[:, i : i + 1], causal=True, cache=cache)
     index = torch.tensor([2, 0, 0, 1])  # beams are reordered, duplicated and dropped
-    cache.reorder(index)
-    assert cache.k.shape == (4, 4, 8, 4) and cache.length == 3
-    steps = [attn(x[index, i : i + 1], causal=True, cache=cache) for i in range(3, 6)]
     expected = attn(x[index], causal=True)[:, 3:]
-    torch.testing.assert_close(torch.cat(steps, 1), expected, atol=1e-5, rtol=1e-5)
+    for grad in (False, True):  # decoding (no grad) and a differentiable use of the cache
+        cache = SelfAttentionCache(capacity=8)
+        with torch.set_grad_enabled(grad):
+            for i in range(3):
+                attn(x[:, i : i + 1], causal=True, cache=cache)
+            cache.reorder(index)
+            assert cache.k.shape == (4, 4, 8, 4) and cache.length == 3
+            steps = [attn(x[index, i : i + 1], causal=True, cache=cache) for i in range(3, 6)]
+        torch.testing.assert_close(torch.cat(steps, 1), expected, atol=1e-5, rtol=1e-5)

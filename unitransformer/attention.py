@@ -145,6 +145,9 @@ class SelfAttentionCache:
         filled = self.length
         for name in ("k", "v"):
             old = getattr(self, name)
+            if old.requires_grad and torch.is_grad_enabled():  # out= cannot be differentiated
+                setattr(self, name, old.index_select(0, index))
+                continue
             new = old.new_empty(index.numel(), *old.shape[1:])
             torch.index_select(old[:, :, :filled], 0, index, out=new[:, :, :filled])
             setattr(self, name, new)
