@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 from tasks.translation.data import iter_lines
@@ -61,6 +63,21 @@ def _line(hypotheses: list[str]) -> str:
     return _NBEST_SEPARATOR.join(h.replace("\n", " ") for h in hypotheses) + "\n"
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Holds SIGINT back for the duration of the block (POSIX main thread; a no-op elsewhere)."""
+    can_block = (
+        hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    )
+    if can_block:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if can_block:  # a Ctrl-C that came meanwhile is raised here, after the block
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def translate_command(args: argparse.Namespace) -> int:
     """Runs ``unitransformer translate``; Ctrl-C keeps every finished line on disk."""
     from tasks.translation.translator import Translator
@@ -75,10 +92,12 @@ def translate_command(args: argparse.Namespace) -> int:
     written = 0
     try:
         for hypotheses in stream:
-            # Flushed line by line: after Ctrl-C every finished line is already written.
-            out.write(_line(hypotheses))
-            out.flush()
-            written += 1
+            # Flushed line by line: after Ctrl-C every finished line is already written, and
+            # the count is exact because Ctrl-C waits until the line and the count agree.
+            with _ctrl_c_deferred():
+                out.write(_line(hypotheses))
+                out.flush()
+                written += 1
     except KeyboardInterrupt:
         print(f"interrupted: {written} lines written", file=sys.stderr)
         return 130

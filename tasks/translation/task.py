@@ -103,6 +103,12 @@ class TranslationTask:
             return
         data = self.config.data
         pairs = [(s, t) for s, t in load_split(data, data.train_split) if s and t]
+        if not pairs:
+            where = data.path or data.dataset
+            raise UserError(
+                f"{where}: the training split {data.train_split!r} ({data.source_lang}-"
+                f"{data.target_lang}) has no pair with both sides non-empty"
+            )
         settings = SpmSettings(
             model_type=data.spm_model_type,
             vocab_size=data.vocab_size,

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -116,17 +117,24 @@ def write_checkpoint(
     """
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, tensors in weights.items():
-        save_file(_plain_tensors(tensors), str(tmp / f"{name}.safetensors"))
-    if state is not None:
-        torch.save(state, tmp / "state.pt")
-    files = sorted(p.name for p in tmp.iterdir())
-    for name in files:
-        _fsync_file(tmp / name)
-    record = {**(meta or {}), "files": {name: sha256(tmp / name) for name in files}}
-    atomic_write_text(tmp / "meta.json", json.dumps(record, indent=1))
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        for name, tensors in weights.items():
+            save_file(_plain_tensors(tensors), str(tmp / f"{name}.safetensors"))
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
+        files = sorted(p.name for p in tmp.iterdir())
+        for name in files:
+            _fsync_file(tmp / name)
+        record = {**(meta or {}), "files": {name: sha256(tmp / name) for name in files}}
+        atomic_write_text(tmp / "meta.json", json.dumps(record, indent=1))
+        _fsync_dir(tmp)
+    except OSError as e:
+        # A full disk: drop the half-written copy; the previous checkpoints stay as they are.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"{directory}: cannot write the checkpoint ({e.strerror}); the previous ones are kept"
+        ) from None
     old = None
     if directory.exists():  # A directory cannot be os.replace'd onto a non-empty one.
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
@@ -193,7 +201,17 @@ def load_tensors(directory: Path, name: str = "model") -> dict[str, Tensor]:
 
 def load_state(directory: Path) -> dict[str, Any]:
     """The training state of a checkpoint; ``weights_only=True`` never executes code."""
-    return torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
+    path = directory / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses anything but tensors and plain values: its code never runs.
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain values "
+            "(loading them could run code)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable training state ({e})") from None
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, keep: set[int]) -> None:
@@ -202,6 +220,13 @@ def prune_checkpoints(run_dir: Path, keep_last: int, keep: set[int]) -> None:
     for directory in dirs[: max(len(dirs) - keep_last, 0)]:
         if int(directory.name.removeprefix("step_")) not in keep:
             shutil.rmtree(directory, ignore_errors=True)
+    # Half-written copies of a writer that was killed (another process id) are never used.
+    own = f"-{os.getpid()}"
+    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".step_*"):
+        if (".tmp-" in leftover.name or ".old-" in leftover.name) and not leftover.name.endswith(
+            own
+        ):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def read_best(run_dir: Path) -> dict[str, Any] | None:
