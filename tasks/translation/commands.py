@@ -63,19 +63,33 @@ def _line(hypotheses: list[str]) -> str:
     return _NBEST_SEPARATOR.join(h.replace("\n", " ") for h in hypotheses) + "\n"
 
 
-@contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[None]:
-    """Holds SIGINT back for the duration of the block (POSIX main thread; a no-op elsewhere)."""
-    can_block = (
-        hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    )
-    if can_block:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        if can_block:  # a Ctrl-C that came meanwhile is raised here, after the block
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+class _CtrlC:
+    """Ctrl-C that never lands between writing a line and counting it.
+
+    While a line is being written, SIGINT only marks itself pending and is raised once the line
+    is on disk and counted; at any other moment (decoding) it interrupts at once, as usual.
+    """
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.pending = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.writing:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_CtrlC]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = signal.signal(signal.SIGINT, self.handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def translate_command(args: argparse.Namespace) -> int:
@@ -91,13 +105,16 @@ def translate_command(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     written = 0
     try:
-        for hypotheses in stream:
-            # Flushed line by line: after Ctrl-C every finished line is already written, and
-            # the count is exact because Ctrl-C waits until the line and the count agree.
-            with _ctrl_c_deferred():
+        with _CtrlC().installed() as ctrl_c:
+            for hypotheses in stream:
+                # Flushed line by line: after Ctrl-C every finished line is already written.
+                ctrl_c.writing = True
                 out.write(_line(hypotheses))
                 out.flush()
                 written += 1
+                ctrl_c.writing = False
+                if ctrl_c.pending:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         print(f"interrupted: {written} lines written", file=sys.stderr)
         return 130
