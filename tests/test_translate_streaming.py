@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_translation_data import WORDS  # one toy vocabulary for the translation tests
 
 from tasks.translation.config import (
     DecodeConfig,
@@ -25,22 +26,6 @@ from tasks.translation.translator import Translator
 from unitransformer.engine import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = [
-    "a",
-    "man",
-    "woman",
-    "dog",
-    "cat",
-    "runs",
-    "sits",
-    "on",
-    "the",
-    "red",
-    "big",
-    "park",
-    "ball",
-    "street",
-]
 LINES = 100_000
 # Runs the command, sampling its resident memory every 2 ms from the moment the imports are
 # done: the peak over that baseline is what translating costs (the kernel's own high-water mark
