@@ -92,12 +92,39 @@ def attention_step(dim: int, heads: int, batch: int, length: int) -> dict[str, C
     }
 
 
-def vit_train_step(model: nn.Module, batch: int, bf16: bool) -> Callable[[], None]:
-    """One AdamW step of ``model`` on a fixed random image batch."""
+def torch_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """The peers' default optimizer: ``torch.optim.AdamW`` with torch's default kernel choice."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def engine_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """What ``unitransformer train`` builds: the engine's AdamW (fused where available)."""
+    from unitransformer.engine.config import OptimConfig
+    from unitransformer.engine.optim import build_optimizer, weight_decay_groups
+
+    return build_optimizer(weight_decay_groups(model, 0.05), OptimConfig(lr=1e-4))
+
+
+def default_bf16() -> bool:
+    """Whether ``train.precision: auto`` (the default) picks bf16 on this machine's CPU."""
+    from unitransformer.engine.runtime import resolve_precision
+
+    return resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+def vit_train_step(
+    model: nn.Module,
+    batch: int,
+    bf16: bool,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] = torch_adamw,
+    compile: bool = False,
+) -> Callable[[], None]:
+    """One AdamW step of ``model`` (compiled if asked) on a fixed random image batch."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, VIT["image_size"], VIT["image_size"])
     labels = torch.randint(0, VIT["classes"], (batch,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model)
+    model = torch.compile(model) if compile else model
     model.train()
 
     def step() -> None:
@@ -110,14 +137,33 @@ def vit_train_step(model: nn.Module, batch: int, bf16: bool) -> Callable[[], Non
     return step
 
 
-def seq2seq_train_step(model: nn.Module, is_marian: bool, bf16: bool) -> Callable[[], None]:
+def torch_smoothed_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Label-smoothed cross-entropy as the peers compute it: ``F.cross_entropy`` in float32."""
+    return F.cross_entropy(logits.float(), target, label_smoothing=0.1)
+
+
+def engine_smoothed_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The translation task's loss: `label_smoothed_cross_entropy` with its own backward."""
+    from unitransformer.losses import label_smoothed_cross_entropy
+
+    loss, _, count = label_smoothed_cross_entropy(logits, target, 0.1, -100)
+    return loss / count
+
+
+def seq2seq_train_step(
+    model: nn.Module,
+    is_marian: bool,
+    bf16: bool,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] = torch_adamw,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch_smoothed_loss,
+) -> Callable[[], None]:
     """One AdamW step, label-smoothed cross-entropy, on a fixed random sentence batch."""
     c = SEQ2SEQ
     g = torch.Generator().manual_seed(0)
     src = torch.randint(3, c["vocab"], (c["batch"], c["length"]), generator=g)
     tgt = torch.randint(3, c["vocab"], (c["batch"], c["length"] + 1), generator=g)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model)
     model.train()
 
     def logits() -> torch.Tensor:
@@ -128,10 +174,7 @@ def seq2seq_train_step(model: nn.Module, is_marian: bool, bf16: bool) -> Callabl
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = logits()
-            loss = F.cross_entropy(
-                out.flatten(0, 1).float(), tgt_out.flatten(), label_smoothing=0.1
-            )
+            loss = loss_fn(logits().flatten(0, 1), tgt_out.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from unitransformer import Attention, SelfAttentionCache, attention_reference
-from unitransformer.attention import CrossAttentionCache, scaled_dot_product_attention
+from unitransformer.attention import (
+    CPU_MATH_MAX_KEYS,
+    CrossAttentionCache,
+    _cpu_math_is_faster,
+    scaled_dot_product_attention,
+)
 
 
 def _qkv(b=3, h=2, t=5, s=7, d=8, seed=0):
@@ -158,6 +163,27 @@ def test_cache_reorder_keeps_the_chosen_rows_and_room_to_grow():
             for i in range(3):
                 attn(x[:, i : i + 1], causal=True, cache=cache)
             cache.reorder(index)
-            assert cache.k.shape == (4, 4, 8, 4) and cache.length == 3
+            assert cache.k.shape[:2] == (4, 4) and cache.length == 3
+            if not grad:  # room for exactly one step: the next step's keys are contiguous
+                assert cache.k.shape[2] == 4
             steps = [attn(x[index, i : i + 1], causal=True, cache=cache) for i in range(3, 6)]
+            assert cache.length == 6 and cache.k.shape[2] >= 6  # grew past the room left
         torch.testing.assert_close(torch.cat(steps, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bf16_cpu_math_path_matches_the_fp32_reference(causal):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 16, requires_grad=True) for _ in range(3))
+    padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2, [True] * 6])
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    assert _cpu_math_is_faster(low[0], 6, 0.0) and not _cpu_math_is_faster(q, 6, 0.0)
+    assert not _cpu_math_is_faster(low[0], CPU_MATH_MAX_KEYS + 1, 0.0)
+    out = scaled_dot_product_attention(*low, padding, causal)
+    expected, _ = attention_reference(q, k, v, padding, causal)
+    torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=0)
+    grad = torch.randn_like(expected)
+    out.backward(grad.bfloat16())
+    expected.backward(grad)
+    for ours, ref in zip(low, (q, k, v), strict=True):
+        torch.testing.assert_close(ours.grad.float(), ref.grad, atol=6e-2, rtol=0)

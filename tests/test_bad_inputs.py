@@ -90,7 +90,9 @@ def test_parallel_files_without_a_sentence_are_one_clear_error(tmp_path, capsys,
     argv = ["train", TRANSLATION, f"data.path={data}", "--run-dir", str(tmp_path / "run")]
     assert cli.main(argv) == 2
     line = _one_error_line(capsys)
-    assert f"{data}: the training split 'train' (en-de) has no pair with both sides non-empty" in line
+    assert (
+        f"{data}: the training split 'train' (en-de) has no pair with both sides non-empty" in line
+    )
 
 
 def _disk_fills_up_after(monkeypatch, good_writes: int) -> None:

@@ -92,7 +92,9 @@ def test_wrong_type_names_key_value_and_expected(tmp_path):
         load_config(ToyConfig, None, ["train.compile=1"])
     with pytest.raises(ConfigError, match=r"model.depth=True .*expected an integer"):
         load_config(ToyConfig, None, ["model.depth=true"])
-    with pytest.raises(ConfigError, match=r"train.precision='fp8'.*one of 'fp32', 'bf16', 'fp16'"):
+    with pytest.raises(
+        ConfigError, match=r"train.precision='fp8'.*one of 'auto', 'fp32', 'bf16', 'fp16'"
+    ):
         load_config(ToyConfig, None, ["train.precision=fp8"])
     with pytest.raises(ConfigError, match=r"optim.betas=\[0.9\].*list of 2 values"):
         load_config(ToyConfig, None, ["optim.betas=[0.9]"])

@@ -26,6 +26,7 @@ from unitransformer.engine import (
 )
 from unitransformer.engine.checkpoint import checkpoint_dirs, load_state, load_tensors, read_best
 from unitransformer.engine.optim import EMA, lr_factor
+from unitransformer.engine.runtime import resolve_precision
 from unitransformer.errors import UserError
 
 TESTS = Path(__file__).resolve().parent
@@ -34,6 +35,7 @@ ROOT = TESTS.parent
 BASE = [
     "data.num_examples=32",
     "train.deterministic=true",
+    "train.precision=fp32",  # exact comparisons below; ``auto`` may pick bf16
     "train.log_every=1",
     "train.checkpoint_every=1",
     "train.keep_last=100",
@@ -286,3 +288,14 @@ def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path):
     assert plain.keys() == fused.keys()
     for key in plain:
         torch.testing.assert_close(plain[key], fused[key], atol=1e-4, rtol=1e-4)
+
+
+def test_auto_precision_picks_bf16_only_on_native_bf16_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"

@@ -7,6 +7,7 @@ from unitransformer.attention import (
     attention_reference,
     scaled_dot_product_attention,
 )
+from unitransformer.dropout import Dropout
 from unitransformer.embeddings import (
     LearnedPositions,
     PatchEmbedding,
@@ -31,6 +32,7 @@ __all__ = [
     "Decoder",
     "DecoderBlock",
     "DecoderCache",
+    "Dropout",
     "DropPath",
     "Encoder",
     "EncoderBlock",

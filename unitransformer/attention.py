@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unitransformer.dropout import dropout
+
 __all__ = [
     "Attention",
     "CrossAttentionCache",
@@ -69,6 +71,8 @@ def scaled_dot_product_attention(
         ``[B, H, T, Dh]``. A query whose keys are all masked gets zeros, never NaN.
     """
     q_len, k_len = q.shape[-2], k.shape[-2]
+    if _cpu_math_is_faster(q, k_len, dropout_p):
+        return _attention_math(q, k, v, key_padding_mask, causal, dropout_p)
     if key_padding_mask is None and (not causal or q_len == 1 or q_len == k_len):
         # Let SDPA pick its fastest kernel: no materialized mask at all.
         return F.scaled_dot_product_attention(
@@ -78,6 +82,44 @@ def scaled_dot_product_attention(
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if key_padding_mask is not None:
         # A fully padded sequence would give NaN (softmax over nothing); zero those rows.
+        empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
+        out = out.masked_fill(empty, 0.0)
+    return out
+
+
+# Longest key sequence for which the bf16 math path beats SDPA's flash kernel on CPU.
+CPU_MATH_MAX_KEYS = 256
+
+
+def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float) -> bool:
+    """Whether `_attention_math` beats ``F.scaled_dot_product_attention`` for this call.
+
+    Measured with torch 2.14 on 2 cores (``benchmarks/RESULTS.md``, attention rows):
+    - SDPA's CPU kernels have no dropout; with dropout it falls back to its own math path,
+      which draws a Bernoulli sample per probability. Ours uses the cheap `dropout`.
+    - In bf16 the CPU flash kernel's backward is 3-11x slower than in fp32 (B=64, H=8,
+      T=20: 54 ms against 5 ms for two bf16 matmuls around an fp32 softmax), and its forward
+      loses up to 256 keys too. Beyond that the quadratic score matrix costs more than it saves.
+    """
+    if q.device.type != "cpu":
+        return False
+    low_precision = q.dtype in (torch.bfloat16, torch.float16)
+    return dropout_p > 0.0 or (low_precision and k_len <= CPU_MATH_MAX_KEYS)
+
+
+def _attention_math(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool, p: float
+) -> Tensor:
+    """The kernel as two matmuls around a float32 softmax, with `dropout` on the probabilities."""
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # [B, H, T, S]
+    mask = build_attention_mask(key_padding_mask, causal, q.shape[-2], k.shape[-2], q.device)
+    if mask is not None:
+        # The lowest finite value, not -inf: a fully masked row softmaxes to a uniform row
+        # instead of NaN, which would leak into the gradient of v through the matmul.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = dropout(scores.float().softmax(dim=-1), p)  # [B, H, T, S]
+    out = probs.to(v.dtype) @ v
+    if key_padding_mask is not None:
         empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
         out = out.masked_fill(empty, 0.0)
     return out
@@ -110,7 +152,8 @@ def attention_reference(
 class SelfAttentionCache:
     """Keys and values of the steps decoded so far, in a preallocated buffer.
 
-    The buffer grows by doubling, so appending one step is a copy of that step only.
+    The buffer grows by doubling, so appending one step is a copy of that step only; a beam
+    reorder leaves room for one step (see `reorder`).
     """
 
     def __init__(self, capacity: int = 64) -> None:
@@ -137,8 +180,10 @@ class SelfAttentionCache:
     def reorder(self, index: Tensor) -> None:
         """Keeps batch rows ``index`` (beam reordering, retiring finished sentences).
 
-        Only the filled positions are gathered, into fresh buffers of the same capacity: a beam
-        step early in a long capacity copies a few positions, not the whole buffer.
+        Only the filled positions are gathered, into fresh buffers with room for exactly one
+        more step: after the next `append` the keys and values are contiguous, which SDPA's
+        CPU kernel would otherwise copy them into (beam search on 2 cores: 23% faster than
+        keeping the old capacity). Without reordering, `append` doubles the buffer as usual.
         """
         if self.k is None:
             return
@@ -148,7 +193,8 @@ class SelfAttentionCache:
             if old.requires_grad and torch.is_grad_enabled():  # out= cannot be differentiated
                 setattr(self, name, old.index_select(0, index))
                 continue
-            new = old.new_empty(index.numel(), *old.shape[1:])
+            _, h, _, dh = old.shape
+            new = old.new_empty(index.numel(), h, filled + 1, dh)
             torch.index_select(old[:, :, :filled], 0, index, out=new[:, :, :filled])
             setattr(self, name, new)
 

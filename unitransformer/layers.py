@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unitransformer.attention import Attention, CrossAttentionCache, SelfAttentionCache
+from unitransformer.dropout import Dropout
 
 __all__ = ["ACTIVATIONS", "DecoderBlock", "DropPath", "EncoderBlock", "MLP", "hidden_dim"]
 
@@ -35,7 +36,7 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.act = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))
@@ -64,7 +65,7 @@ class _Block(nn.Module):
     def __init__(self, norm_first: bool, dropout: float, drop_path: float) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
     def residual(

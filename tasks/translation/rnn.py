@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from unitransformer.dropout import Dropout
 from unitransformer.errors import UserError
 
 __all__ = ["RNNAttention", "RNNConfig", "RNNDecoderCache", "RNNSeq2Seq"]
@@ -182,7 +183,7 @@ class RNNSeq2Seq(nn.Module):
         self.attention = RNNAttention(c.attention, c.hidden_dim, c.encoder_dim)
         self.combine = nn.Linear(c.encoder_dim + c.hidden_dim, out_dim, bias=False)
         self.output = nn.Linear(out_dim, c.tgt_vocab_size)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         if c.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
 

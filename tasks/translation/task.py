@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from tasks.translation.batching import TranslationBatch, collate, token_batches
 from tasks.translation.config import TranslationConfig
@@ -24,42 +23,13 @@ from tasks.translation.translator import decode_sources, source_limit
 from unitransformer.engine.optim import weight_decay_groups
 from unitransformer.engine.task import StepOutput
 from unitransformer.errors import UserError
+from unitransformer.losses import label_smoothed_cross_entropy
 
 __all__ = ["TranslationConfig", "TranslationTask", "label_smoothed_cross_entropy"]
 
 TOKENIZER_DIR = "tokenizer"
 EVAL_DIR = "eval"
 Example = tuple[list[int], list[int]]
-
-
-def label_smoothed_cross_entropy(
-    logits: Tensor, target: Tensor, smoothing: float, ignore_index: int
-) -> tuple[Tensor, Tensor, int]:
-    """Summed label-smoothed cross-entropy over the non-ignored positions.
-
-    Equal to ``F.cross_entropy(logits, target, label_smoothing=smoothing,
-    ignore_index=ignore_index, reduction="sum")``, plus the plain NLL for logging.
-
-    Args:
-        logits: ``[N, V]`` scores (any float dtype; computed in float32).
-        target: ``[N]`` class ids; ``ignore_index`` marks padding.
-        smoothing: Probability mass spread uniformly over the vocabulary.
-        ignore_index: Target id whose positions contribute nothing.
-
-    Returns:
-        The summed smoothed loss, the summed NLL, and the number of counted positions.
-    """
-    log_probs = logits.float().log_softmax(-1)  # [N, V]
-    keep = target.ne(ignore_index)  # [N]
-    nll = -log_probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [N]
-    uniform = -log_probs.mean(-1)  # [N]: cross-entropy against the uniform distribution
-    loss = (1.0 - smoothing) * nll + smoothing * uniform
-    zero = loss.new_zeros(())
-    return (
-        torch.where(keep, loss, zero).sum(),
-        torch.where(keep, nll, zero).sum(),
-        int(keep.sum()),
-    )
 
 
 def _split_name(config: TranslationConfig, split: str) -> str:

@@ -109,7 +109,9 @@ class TrainConfig:
     Attributes:
         max_steps: Optimizer steps to train for (the budget; epochs follow from the data).
         grad_accum: Batches per optimizer step.
-        precision: ``fp32``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (autocast + scaler, CUDA).
+        precision: ``auto`` (bf16 autocast where the hardware has native bf16 matrix
+            multiplies: AVX-512 BF16 or AMX CPUs, Ampere or newer GPUs; fp32 elsewhere),
+            ``fp32``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (autocast + scaler, CUDA).
         device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
         compile: Wrap the model in ``torch.compile``.
         ema_decay: Keep an exponential moving average of the weights; 0 disables it.
@@ -126,7 +128,7 @@ class TrainConfig:
 
     max_steps: int = 1000
     grad_accum: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     compile: bool = False
     ema_decay: float = 0.0

@@ -15,7 +15,14 @@ from unitransformer.engine import checkpoint as ckpt
 from unitransformer.engine import distributed as D
 from unitransformer.engine.task import Task
 
-__all__ = ["autocast", "evaluate_run", "move_to", "seed_everything"]
+__all__ = [
+    "autocast",
+    "evaluate_run",
+    "fast_bf16",
+    "move_to",
+    "resolve_precision",
+    "seed_everything",
+]
 
 
 def seed_everything(seed: int, deterministic: bool, num_threads: int = 0) -> None:
@@ -45,8 +52,31 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32).
+
+    CUDA: compute capability 8.0 or newer (Ampere on). CPU: AVX-512 BF16 or AMX tiles; elsewhere
+    bf16 is emulated and slower than fp32, so ``auto`` must not pick it.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        # Private probes of torch.cpu; an older or newer torch without them falls back to fp32.
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` with ``auto`` resolved: bf16 where `fast_bf16`, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if fast_bf16(device) else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for ``train.precision``: bf16 or fp16 autocast, or nothing for fp32."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -29,7 +29,7 @@ from unitransformer.engine import distributed as D
 from unitransformer.engine.loader import config_to_dict
 from unitransformer.engine.monitor import MetricsLog, Progress, plot_curves
 from unitransformer.engine.optim import EMA, build_optimizer, build_scheduler
-from unitransformer.engine.runtime import autocast, move_to, seed_everything
+from unitransformer.engine.runtime import autocast, move_to, resolve_precision, seed_everything
 from unitransformer.engine.task import Task, batches_from
 from unitransformer.errors import UserError
 
@@ -99,7 +99,8 @@ class Trainer:
     def _setup(self) -> None:
         tc = self.tc
         self.device = D.select_device(tc.device, int(os.environ.get("LOCAL_RANK", 0)))
-        if tc.precision == "fp16" and self.device.type != "cuda":
+        self.precision = resolve_precision(tc.precision, self.device)
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise UserError("train.precision='fp16' needs CUDA (use bf16 on CPU and MPS)")
         if tc.fsdp and tc.ema_decay > 0:
             raise UserError("train.fsdp=true with train.ema_decay>0 is not supported")
@@ -141,7 +142,7 @@ class Trainer:
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
         self.optimizer = build_optimizer(groups, self.config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.config.schedule, tc.max_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         if found is not None:
             self._restore(*found)
@@ -221,7 +222,7 @@ class Trainer:
                 self.wrapped, nn.parallel.DistributedDataParallel
             )
             with contextlib.nullcontext() if sync else self.wrapped.no_sync():
-                with autocast(self.device, self.tc.precision):
+                with autocast(self.device, self.precision):
                     out = self.task.loss(self.train_model, batch)
                 loss = out.loss.float() / accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -295,7 +296,7 @@ class Trainer:
     def _evaluate(self) -> bool:
         """Evaluates on ``val``, tracks the best, and decides early stopping; True if improved."""
         self.model.eval()
-        with torch.no_grad(), autocast(self.device, self.tc.precision):
+        with torch.no_grad(), autocast(self.device, self.precision):
             metrics = self.task.evaluate(self.model, "val")
         self.model.train()
         name = self.ec.metric

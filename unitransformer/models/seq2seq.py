@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unitransformer.dropout import Dropout
 from unitransformer.embeddings import LearnedPositions, SinusoidalPositions, TokenEmbedding
 from unitransformer.stacks import Decoder, DecoderCache, Encoder
 
@@ -116,7 +117,7 @@ class Seq2SeqTransformer(nn.Module):
             self.positions: nn.Module = SinusoidalPositions(c.dim, c.max_len)
         else:
             self.positions = LearnedPositions(c.dim, c.max_len)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         stack = dict(
             dim=c.dim,
             num_heads=c.num_heads,

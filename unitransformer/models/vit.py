@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from unitransformer.adapt import resample_pos_embed
+from unitransformer.dropout import Dropout
 from unitransformer.embeddings import ConvStem, PatchEmbedding
 from unitransformer.stacks import Encoder
 
@@ -108,7 +109,7 @@ class VisionTransformer(nn.Module):
             self.register_parameter("cls_token", None)
         num_tokens = self.num_prefix_tokens + self.grid[0] * self.grid[1]
         self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, c.dim))
-        self.pos_drop = nn.Dropout(c.dropout)
+        self.pos_drop = Dropout(c.dropout)
         self.encoder = Encoder(
             c.dim,
             c.depth,
