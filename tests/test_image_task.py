@@ -5,6 +5,7 @@ fine-tuning from a foreign ViT file, a few training steps through the engine, an
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 from pathlib import Path
@@ -121,6 +122,23 @@ def test_resnet18_baseline_keeps_small_images_large(tmp_path: Path) -> None:
     model = task.build_model()
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_resnet18_runs_channels_last_with_plain_weights_and_outputs() -> None:
+    from tasks.image_classification.resnet import small_resnet18
+
+    torch.manual_seed(0)
+    model = small_resnet18(10).eval()
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    plain._forward_pre_hooks.clear()  # the same weights, run NCHW
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-4)
+    state = model.state_dict()
+    fresh = small_resnet18(10)
+    fresh.load_state_dict(state)  # the checkpoint format is the plain state dict
+    assert fresh.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_finetune_from_random_torchvision_vit_file(tmp_path: Path) -> None:

@@ -311,6 +311,13 @@ class Attention(nn.Module):
         Returns:
             ``[B, T, dim]``.
         """
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if context is None and cache is None and not self.keep_attention:
+            # Plain self-attention (every ViT and encoder layer): the fewest ops in Python.
+            b, t, _ = x.shape
+            q, k, v = self._split_heads(self.qkv(x), 3)
+            out = scaled_dot_product_attention(q, k, v, key_padding_mask, causal, dropout_p)
+            return self.proj(out.transpose(1, 2).reshape(b, t, self.inner_dim))
         q, k, v = self._qkv(x, context, cache)
         b, _, t, _ = q.shape
         groups = b // k.shape[0]
@@ -319,7 +326,6 @@ class Attention(nn.Module):
             # [B_c * n, H, T, Dh] -> [B_c, H, n * T, Dh]
             q = q.view(k.shape[0], groups, self.num_heads, t, self.head_dim)
             q = q.transpose(1, 2).reshape(k.shape[0], self.num_heads, groups * t, self.head_dim)
-        dropout_p = self.attn_dropout if self.training else 0.0
         if self.keep_attention:
             out, self.last_attention = attention_reference(q, k, v, key_padding_mask, causal)
         else:
