@@ -62,28 +62,26 @@ def vit_train_variants(quick: bool) -> list[tuple[str, dict, dict]]:
     return variants
 
 
+def side_by_side(
+    name: str, peer: str, steps: tuple[Callable, Callable], repeats: int, items: int, unit: str
+) -> Row:
+    """Times ``steps`` (ours, the peer's) alternating, as one `Row`."""
+    ours_s, peer_s = time_pair(*steps, repeats)
+    return Row(name, peer, ours_s, peer_s, items, unit)
+
+
 def vit_train_rows(repeats: int, quick: bool) -> list[Row]:
     batch = 8 if quick else 128
     peak = matmul_peak_flops(torch.float32, n=512 if quick else 2048)
     out = []
     for variant, ours_kw, peer_kw in vit_train_variants(quick):
         ours, peer = R.ours_vit(), R.timm_vit()
-        ours_s, peer_s = time_pair(
-            R.vit_train_step(ours, batch, **ours_kw),
-            R.vit_train_step(peer, batch, **peer_kw),
-            repeats,
-        )
-        row = Row(
-            f"ViT training step, {variant}",
-            "timm VisionTransformer",
-            ours_s,
-            peer_s,
-            batch,
-            "images",
-        )
+        steps = (R.vit_train_step(ours, batch, **ours_kw), R.vit_train_step(peer, batch, **peer_kw))
+        name = f"ViT training step, {variant}"
+        row = side_by_side(name, "timm VisionTransformer", steps, repeats, batch, "images")
         flops = R.vit_step_flops(ours, batch)
         row.notes["MFU (fp32 matmul peak)"] = (
-            f"ours {flops / ours_s / peak:.0%}, timm {flops / peer_s / peak:.0%}"
+            f"ours {flops / row.ours_s / peak:.0%}, timm {flops / row.peer_s / peak:.0%}"
         )
         row.notes["fp32 matmul peak"] = f"{peak / 1e9:.0f} GFLOP/s"
         if variant == "default path":
@@ -112,19 +110,12 @@ def seq2seq_rows(repeats: int, quick: bool) -> list[Row]:
     for variant, ours_kw, peer_kw in variants:
         torch.manual_seed(0)
         ours, peer = R.ours_seq2seq(), R.marian_seq2seq()
-        ours_s, peer_s = time_pair(
+        steps = (
             R.seq2seq_train_step(ours, False, **ours_kw),
             R.seq2seq_train_step(peer, True, **peer_kw),
-            repeats,
         )
-        row = Row(
-            f"seq2seq training step, {variant}",
-            "HF MarianMTModel",
-            ours_s,
-            peer_s,
-            tokens,
-            "target tokens",
-        )
+        name = f"seq2seq training step, {variant}"
+        row = side_by_side(name, "HF MarianMTModel", steps, repeats, tokens, "target tokens")
         if variant == "default path":
             row.notes["ours"] = f"{'bf16' if ours_kw['bf16'] else 'fp32'}, engine AdamW, own loss"
             row.notes["Marian"] = "fp32, torch AdamW, F.cross_entropy"
