@@ -14,6 +14,10 @@ __all__ = ["ImageClassificationConfig", "ImageDataConfig", "ImageModelConfig"]
 SourceKind = Literal["digits", "hub", "parquet", "arrow", "imagefolder", "torchvision_folder"]
 
 
+# The ViT shape fields a config may override (all set by a pretrained checkpoint instead).
+VIT_SHAPE = ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool", "stem", "stem_width")
+
+
 @dataclass
 class ImageModelConfig:
     """The classifier.
@@ -30,6 +34,7 @@ class ImageModelConfig:
         pool: Overrides the pooling, ``cls`` or ``mean``.
         stem: Overrides the tokenizer of the image: ``patch`` (linear patches, the ViT) or
             ``conv`` (a small convolutional stem, the paper's hybrid).
+        stem_width: Overrides the channels of the conv stem's first convolution.
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -47,6 +52,7 @@ class ImageModelConfig:
     mlp_ratio: float | None = None
     pool: Literal["cls", "mean"] | None = None
     stem: Literal["patch", "conv"] | None = None
+    stem_width: int | None = None
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -54,8 +60,7 @@ class ImageModelConfig:
 
     def vit_overrides(self) -> dict[str, object]:
         """The ViT fields this config sets (the ``None`` ones keep the size's value)."""
-        shape = ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool", "stem")
-        out: dict[str, object] = {k: getattr(self, k) for k in shape if getattr(self, k)}
+        out: dict[str, object] = {k: getattr(self, k) for k in VIT_SHAPE if getattr(self, k)}
         out.update(dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path)
         return out
 
@@ -73,7 +78,7 @@ class ImageModelConfig:
                     if getattr(self, key) is None:
                         raise UserError(f"model.{key}: required when model.size is null")
         if self.pretrained is not None:
-            for key in ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool", "stem"):
+            for key in VIT_SHAPE:
                 if getattr(self, key) is not None:
                     raise UserError(
                         f"model.{key}: the pretrained checkpoint sets the shape; leave it null"
