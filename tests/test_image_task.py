@@ -124,6 +124,16 @@ def test_resnet18_baseline_keeps_small_images_large(tmp_path: Path) -> None:
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
+def test_conv_stem_width_reaches_the_model_and_is_refused_with_pretrained(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    task.config.model.stem, task.config.model.stem_width = "conv", 48
+    model = task.build_model()
+    assert model.patch_embed.convs[0].out_channels == 48
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    with pytest.raises(UserError, match="model.stem_width: the pretrained checkpoint sets"):
+        ImageModelConfig(pretrained="vit.pth", stem_width=48).validate()
+
+
 def test_resnet18_runs_channels_last_with_plain_weights_and_outputs() -> None:
     from tasks.image_classification.resnet import small_resnet18
 
