@@ -13,12 +13,12 @@ from torch import Tensor, nn
 from tasks.translation.rnn import RNNConfig, RNNSeq2Seq
 from unitransformer.decoding import (
     DecodingError,
-    _filter_logits,
     beam_search,
     greedy_decode,
     length_penalty_factor,
     sample,
 )
+from unitransformer.decoding.search import _filter_logits
 from unitransformer.models import Seq2SeqConfig, Seq2SeqTransformer
 
 PAD, BOS, EOS = 0, 1, 2
