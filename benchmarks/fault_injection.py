@@ -11,7 +11,7 @@ kills it with SIGKILL:
   of a batch later; or, for target 0, at a random moment of its start-up;
 - ``mid-write``: while a checkpoint is being written. The child writes each checkpoint file in
   two halves with a pause between them (a hook this script installs in its own child process, so
-  the engine is unchanged), and the kill lands inside that window: a truncated file in the
+  the engine is unchanged; ``fault_child.py``), and the kill lands inside that window: a truncated file in the
   checkpoint's temporary directory;
 - ``corrupt``: a ``mid-write`` kill, after which the newest complete checkpoint is truncated on
   disk, as a failing disk would; the next start must name it and use the previous one.
@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = ROOT / "tests" / "engine_toy.py"
-CHILD_FLAG = "--child"
+CHILD = Path(__file__).resolve().with_name("fault_child.py")
 # One thread: float sums are bit-identical across processes only if they split work alike.
 OVERRIDES = [
     "data.num_examples=32",
@@ -58,72 +57,6 @@ OVERRIDES = [
 RESUMED = re.compile(r"resumed from (\S+) \(step (\d+)\)")
 MODES = ("mid-write", "random", "corrupt", "random")
 TIMEOUT_S = 120.0
-
-
-# -- the child: the toy task, with a progress channel and slow checkpoint writes ---------------
-
-
-def _slow_write(path: str | os.PathLike, data: bytes, pause: float) -> None:
-    # Half the bytes reach the disk, then a pause: a kill now leaves a truncated file.
-    with open(path, "wb") as f:
-        f.write(data[: len(data) // 2])
-        f.flush()
-        os.fsync(f.fileno())
-        time.sleep(pause)
-        f.write(data[len(data) // 2 :])
-
-
-def _install_slow_writes(pause: float) -> None:
-    """Makes the checkpoint module write ``model.safetensors`` and ``state.pt`` slowly."""
-    import io
-
-    import safetensors.torch
-    import torch
-
-    from unitransformer.engine import checkpoint
-
-    real_save = torch.save
-
-    def save_file(tensors: dict, filename: str, metadata: dict | None = None) -> None:
-        _slow_write(filename, safetensors.torch.save(tensors, metadata=metadata), pause)
-
-    def save(obj: object, f: object, *args: object, **kwargs: object) -> None:
-        if not isinstance(f, (str, os.PathLike)):
-            real_save(obj, f, *args, **kwargs)
-            return
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        _slow_write(f, buffer.getvalue(), pause)
-
-    checkpoint.save_file = save_file
-    torch.save = save
-
-
-def child_main(argv: list[str]) -> int:
-    """Trains the toy task in ``argv[0]``; the hooks come from ``FAULT_*`` variables."""
-    import logging
-
-    sys.path.insert(0, str(TOY.parent))
-    import engine_toy
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    pause = float(os.environ.get("FAULT_WRITE_PAUSE", "0"))
-    if pause > 0:
-        _install_slow_writes(pause)
-    progress = os.environ.get("FAULT_PROGRESS")
-    if progress:
-        real_loss = engine_toy.ToyTask.loss
-
-        def loss(self: object, model: object, batch: dict) -> object:
-            with open(progress, "a") as f:  # One byte per batch: the parent counts them.
-                f.write(".")
-            return real_loss(self, model, batch)
-
-        engine_toy.ToyTask.loss = loss
-    return engine_toy.main(argv)
-
-
-# -- the parent: rounds of start, kill, check ---------------------------------------------------
 
 
 @dataclass
@@ -213,7 +146,7 @@ def complete_checkpoints(run_dir: Path) -> list[int]:
 def _start(run_dir: Path, overrides: list[str], log: Path, **env: str) -> subprocess.Popen:
     environ = dict(os.environ, OMP_NUM_THREADS="1", **env)
     environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")])
-    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, str(run_dir), *overrides]
+    command = [sys.executable, str(CHILD), str(run_dir), *overrides]
     with open(log, "wb") as out:
         return subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT)
 
@@ -460,6 +393,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == CHILD_FLAG:
-        sys.exit(child_main(sys.argv[2:]))
     sys.exit(main())
