@@ -47,26 +47,33 @@ class _BeamSearch:
         self.kept = torch.full((batch, nbest), float("-inf"), device=src_ids.device)
         self.finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
-    def _step_log_probs(self, step: int) -> Tensor:
-        """Log-probabilities of the next token ``[b * n, V]``, with the length rules applied."""
+    def _step_candidates(self, step: int, k: int) -> tuple[Tensor, Tensor]:
+        """The ``k`` best next tokens of each row and their log-probabilities, ``[b * n, k]``.
+
+        Only the ``k`` kept logits are normalized: the log-sum-exp reads the logits once,
+        where a full log-softmax writes ``[b * n, V]`` and the cumulative scores add to all
+        of it. The sentence-level top-``k`` over ``n * V`` candidates is always within the
+        rows' top-``k``, so the search is unchanged.
+        """
         inputs = self.tokens[:, step : step + 1]  # [b * n, 1]
         logits = self.model.decode(inputs, self.memory, self.memory_mask, self.cache)[:, -1]
-        # Banned before the softmax: the scores are a distribution over the tokens that can
+        # Banned before the normalizer: the scores are a distribution over the tokens that can
         # actually be generated (as in CTranslate2), so beams rank the same in both.
         logits = logits.float()  # float32 whatever the model's dtype
         logits.index_fill_(1, self.special.banned, float("-inf"))
-        lprobs = logits.log_softmax(-1)  # [b * n, V]
+        normalizer = logits.logsumexp(-1, keepdim=True)  # [b * n, 1]
         eos = self.special.eos
-        eos_lprobs = lprobs[:, eos].clone()
-        n = lprobs.shape[0] // self.max_lens.shape[0]
+        eos_logits = logits[:, eos].clone()
+        n = logits.shape[0] // self.max_lens.shape[0]
         forced = self.max_lens.eq(step).repeat_interleave(n)  # [b * n] rows at their limit
         if forced.any():  # only at a length limit: no full-vocabulary fill on other steps
-            lprobs.masked_fill_(forced[:, None], float("-inf"))
+            logits.masked_fill_(forced[:, None], float("-inf"))
         if step < self.min_len:
             # Too short to end, unless the length limit forces the end.
-            eos_lprobs = eos_lprobs.masked_fill(~forced, float("-inf"))
-        lprobs[:, eos] = eos_lprobs
-        return lprobs
+            eos_logits = eos_logits.masked_fill(~forced, float("-inf"))
+        logits[:, eos] = eos_logits
+        values, tokens = logits.topk(min(k, logits.shape[-1]), dim=-1)  # [b * n, k]
+        return values - normalizer, tokens
 
     def _finalize(self, step: int, scores: Tensor, rows: Tensor, tokens: Tensor) -> None:
         """Stores the candidates ``[b, k]`` that end with eos among the best ``beam_size``."""
@@ -95,14 +102,14 @@ class _BeamSearch:
 
     def step(self, step: int) -> bool:
         """Extends every live hypothesis by one token; False once all sentences are done."""
-        lprobs = self._step_log_probs(step)
-        batch, vocab = self.max_lens.shape[0], lprobs.shape[-1]
-        n = lprobs.shape[0] // batch
-        scores = (self.log_probs[:, None] + lprobs).view(batch, n * vocab)  # [b, n * V]
         # 2 * beam_size candidates: at most n <= beam_size of them end with eos.
-        scores, flat = scores.topk(min(2 * self.beam_size, n * vocab), dim=1)  # [b, k]
-        tokens = flat % vocab
-        rows = flat // vocab + torch.arange(batch, device=flat.device)[:, None] * n
+        lprobs, candidates = self._step_candidates(step, 2 * self.beam_size)  # [b * n, k]
+        batch = self.max_lens.shape[0]
+        n, k = lprobs.shape[0] // batch, lprobs.shape[1]
+        scores = (self.log_probs[:, None] + lprobs).view(batch, n * k)  # [b, n * k]
+        scores, flat = scores.topk(min(2 * self.beam_size, n * k), dim=1)  # [b, k']
+        tokens = candidates.view(batch, n * k).gather(1, flat)
+        rows = flat // k + torch.arange(batch, device=flat.device)[:, None] * n
         self._finalize(step, scores, rows, tokens)
         live = scores.masked_fill(tokens.eq(self.special.eos), float("-inf"))
         live, pick = live.topk(min(self.beam_size, live.shape[1]), dim=1)  # [b, n']
