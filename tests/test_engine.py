@@ -170,6 +170,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, caplog):
         assert torch.equal(straight[key], resumed[key]), key
 
 
+def test_training_time_is_saved_and_summed_over_resumes(tmp_path):
+    slow = "data.sleep=0.05"  # each batch takes at least 50 ms
+    first = _train(tmp_path, "train.max_steps=3", slow)
+    saved = load_state(checkpoint_dirs(tmp_path)[-1])["loop"]["train_seconds"]
+    assert 3 * 0.05 <= saved <= first["train_seconds"]
+    second = _train(tmp_path, "train.max_steps=6", slow)  # resumes at step 3
+    assert second["train_seconds"] >= saved + 3 * 0.05
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    times = [r["train_seconds"] for r in rows if r["split"] == "train"]
+    assert len(times) == 6 and times == sorted(times) and times[3] > saved
+
+
 def test_a_corrupted_checkpoint_is_named_and_the_previous_one_used(tmp_path, caplog):
     _train(tmp_path, "train.max_steps=3")  # The final evaluation makes step 3 the best.
     step2, step3 = checkpoint_dirs(tmp_path)[-2:]

@@ -53,6 +53,10 @@ class LoopState:
     best_step: int = -1
     evals_since_best: int = 0
     nonfinite: int = 0
+    # Wall-clock seconds of the processes that led to this state (setup, steps, evaluations),
+    # summed over resumes: a training budget ("3 hours on this CPU") survives interruptions.
+    # Time a killed process spent after its last checkpoint is lost with its steps.
+    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -71,6 +75,7 @@ class Trainer:
         self.state = LoopState()
         self.stop_reason = ""
         self._saved_step = self._evaluated_step = -1
+        self._clock = time.perf_counter()
 
     def fit(self) -> dict[str, Any]:
         """Trains to ``train.max_steps`` (or early stopping) and returns a summary.
@@ -79,6 +84,7 @@ class Trainer:
             UserError: Unwritable run directory, bad device or precision, bad metric name.
             TrainingStoppedError: ``train.max_nonfinite`` non-finite losses in a row.
         """
+        self._clock = time.perf_counter()
         self._setup()
         try:
             if self.state.step >= self.tc.max_steps:
@@ -279,6 +285,7 @@ class Trainer:
         values = {k: v / n for k, v in window.items()}
         values["lr"] = window["lr"] / n
         values["items_per_s"] = rate
+        values["train_seconds"] = self._tick()
         self.progress.update(self.state.step, values["loss"], values["lr"], rate, True)
         if self.is_main:
             self.metrics.write(self.state.step, "train", values)
@@ -307,7 +314,8 @@ class Trainer:
         if self.is_main:
             self.metrics.write(s.step, "val", metrics)
             shown = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
-            self.progress.message(f"step {s.step} val: {shown}")
+            elapsed = _clock_text(self._tick())
+            self.progress.message(f"step {s.step} val: {shown}  ({elapsed} of training)")
         better = s.best_value is None or (
             value > s.best_value if self.ec.mode == "max" else value < s.best_value
         )
@@ -331,6 +339,7 @@ class Trainer:
             rngs = [None] * self.dist.world_size
             dist.all_gather_object(rngs, ckpt.capture_rng())
         if self.is_main:
+            self._tick()
             if self.ema is not None:
                 weights["ema"] = self.ema.state_dict()
             state = {
@@ -362,7 +371,25 @@ class Trainer:
         if self.is_main:
             plot_curves(self.run_dir)
 
+    def _tick(self) -> float:
+        """Adds the time since the last tick to ``train_seconds`` and returns the total."""
+        now = time.perf_counter()
+        self.state.train_seconds += now - self._clock
+        self._clock = now
+        return self.state.train_seconds
+
     def _summary(self) -> dict[str, Any]:
         s = self.state
         best = {"step": s.best_step, "value": s.best_value} if s.best_value is not None else None
-        return {"step": s.step, "best": best, "stopped": self.stop_reason or None}
+        return {
+            "step": s.step,
+            "best": best,
+            "stopped": self.stop_reason or None,
+            "train_seconds": round(self._tick(), 1),
+        }
+
+
+def _clock_text(seconds: float) -> str:
+    """``seconds`` as ``H:MM:SS``."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
