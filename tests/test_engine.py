@@ -23,8 +23,10 @@ from unitransformer.engine import (
     TrainingStoppedError,
     load_config,
     load_weights,
+    monitor,
 )
 from unitransformer.engine.checkpoint import checkpoint_dirs, load_state, load_tensors, read_best
+from unitransformer.engine.monitor import Progress
 from unitransformer.engine.optim import EMA, lr_factor
 from unitransformer.engine.runtime import resolve_precision
 from unitransformer.errors import UserError
@@ -311,3 +313,14 @@ def test_auto_precision_picks_bf16_only_on_native_bf16_hardware(monkeypatch):
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept
     assert resolve_precision("auto", torch.device("meta")) == "fp32"
+
+
+def test_progress_eta_counts_from_the_first_line_not_from_start_up(monkeypatch, capsys):
+    clock = iter([0.0, 100.0, 110.0])  # construction; step 100 after 90 s of start-up; step 200
+    monkeypatch.setattr(monitor.time, "perf_counter", lambda: next(clock))
+    progress = Progress(start=0, total=1000, enabled=True)
+    progress.update(100, 1.0, 1e-3, 50.0, print_line=True)
+    progress.update(200, 1.0, 1e-3, 50.0, print_line=True)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # 100 steps in the last 10 s: 800 steps to go take 80 s (from the start: 440 s).
+    assert last.endswith("eta 0:01:20"), last

@@ -106,6 +106,7 @@ class Progress:
     def __init__(self, start: int, total: int, unit: str = "items", enabled: bool = True) -> None:
         self.start, self.total, self.unit, self.enabled = start, total, unit, enabled
         self.t0 = time.perf_counter()
+        self._origin: tuple[int, float] | None = None  # (step, time) of the first line
         self.bar: Any = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -125,8 +126,13 @@ class Progress:
             )
             return
         if print_line:
-            elapsed = time.perf_counter() - self.t0
-            rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+            now = time.perf_counter()
+            # The rate counts from the first line on: start-up (decoding a dataset, a resume's
+            # skip to its batch) would otherwise lengthen a long run's ETA for hours.
+            origin_step, origin_time = self._origin or (self.start, self.t0)
+            self._origin = self._origin or (step, now)
+            elapsed = now - origin_time
+            rate = (step - origin_step) / elapsed if elapsed > 0 else 0.0
             eta = (self.total - step) / rate if rate > 0 else float("nan")
             print(
                 f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.3e}  "
