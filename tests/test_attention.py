@@ -5,6 +5,7 @@ import torch
 
 from unitransformer import Attention, SelfAttentionCache, attention_reference
 from unitransformer.attention import (
+    CPU_BMM_LOOP_LIMIT,
     CPU_MATH_MAX_KEYS,
     CrossAttentionCache,
     _cpu_math_is_faster,
@@ -187,3 +188,19 @@ def test_bf16_cpu_math_path_matches_the_fp32_reference(causal):
     expected.backward(grad)
     for ours, ref in zip(low, (q, k, v), strict=True):
         torch.testing.assert_close(ours.grad.float(), ref.grad, atol=6e-2, rtol=0)
+
+
+def test_a_single_fp32_query_takes_the_math_path_above_the_bmm_loop_limit():
+    torch.manual_seed(0)
+    q = torch.randn(3, 2, 1, 32)
+    keys = CPU_BMM_LOOP_LIMIT // 32 + 1  # 13 keys of 32: MKL's batched matmul, not the loop
+    assert _cpu_math_is_faster(q, keys, 0.0)
+    assert not _cpu_math_is_faster(q, keys - 1, 0.0)  # ATen's plain loop: SDPA is faster
+    assert not _cpu_math_is_faster(torch.randn(3, 2, 2, 32), keys, 0.0)  # not decoding
+    k, v = torch.randn(3, 2, keys, 32), torch.randn(3, 2, keys, 32)
+    padding = torch.zeros(3, keys, dtype=torch.bool)
+    padding[1, -3:] = True
+    padding[2] = True
+    out = scaled_dot_product_attention(q, k, v, padding, causal=True)
+    expected, _ = attention_reference(q, k, v, padding, causal=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
