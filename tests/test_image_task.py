@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from tasks.image_classification.commands import add_commands
 from tasks.image_classification.config import (
@@ -24,6 +25,7 @@ from tasks.image_classification.config import (
 )
 from tasks.image_classification.metrics import confusion_matrix, per_class_accuracy, topk_correct
 from tasks.image_classification.task import ImageClassificationTask
+from unitransformer.embeddings import ResidualConvBlock
 from unitransformer.engine.config import TrainConfig
 from unitransformer.errors import UserError
 
@@ -132,6 +134,25 @@ def test_conv_stem_width_reaches_the_model_and_is_refused_with_pretrained(tmp_pa
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
     with pytest.raises(UserError, match="model.stem_width: the pretrained checkpoint sets"):
         ImageModelConfig(pretrained="vit.pth", stem_width=48).validate()
+
+
+def test_conv_stem_blocks_make_a_residual_stem_that_starts_as_the_plain_one(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    model_config = task.config.model
+    model_config.stem, model_config.stem_blocks, model_config.patch_size = "conv", 2, 4
+    model = task.build_model()
+    blocks = [m for m in model.patch_embed.convs if isinstance(m, ResidualConvBlock)]
+    assert len(blocks) == 2 * 2  # patch 4: two strided convolutions, two blocks after each
+    # Zero-initialized last BatchNorm: with the blocks skipped, the tokens are the same.
+    model.eval()
+    images = torch.randn(2, 3, 8, 8)
+    plain = nn.Sequential(*[m for m in model.patch_embed.convs if m not in blocks])
+    expected = model.patch_embed.proj(plain(images)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(model.patch_embed(images), expected)
+    with pytest.raises(UserError, match="model.stem_blocks: expected >= 0 blocks, got -1"):
+        ImageModelConfig(stem_blocks=-1).validate()
+    with pytest.raises(UserError, match="model.stem_blocks: the pretrained checkpoint sets"):
+        ImageModelConfig(pretrained="vit.pth", stem_blocks=1).validate()
 
 
 def test_resnet18_runs_channels_last_with_plain_weights_and_outputs() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -117,25 +118,50 @@ class PatchEmbedding(nn.Module):
         return x.flatten(2).transpose(1, 2)  # [B, N, dim]
 
 
+class ResidualConvBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm around an identity shortcut (ResNet's basic block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        # Zero-initialized last BatchNorm scale: each block starts as the identity (Goyal et al.).
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, C, H, W]`` -> ``[B, C, H, W]``."""
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(x + self.bn2(self.conv2(y)), inplace=True)
+
+
 class ConvStem(nn.Module):
-    """A small convolutional stem that produces the patch tokens (the ViT paper's hybrid).
+    """A convolutional stem that produces the patch tokens (the ViT paper's hybrid).
 
     ``log2(patch_size)`` stride-2 3x3 convolutions (BatchNorm, ReLU), doubling the channels
-    from ``width``, then a 1x1 projection to ``dim``: one token per ``patch_size`` square, as
-    `PatchEmbedding` gives, but with the convolutional inductive bias that helps ViTs train on
-    small data (Xiao et al. 2021, "Early convolutions help transformers see better").
+    from ``width``, each followed by ``blocks`` residual blocks at its resolution, then a 1x1
+    projection to ``dim``: one token per ``patch_size`` square, as `PatchEmbedding` gives, but
+    with the convolutional inductive bias that helps ViTs train on small data (Xiao et al.
+    2021, "Early convolutions help transformers see better"). With ``blocks`` > 0 the stem is
+    a small ResNet, as the paper's hybrid (which takes ResNet-50 stages) is.
 
     Args:
         dim: Token width.
         patch_size: Total stride, a power of two.
         in_chans: Image channels.
         width: Channels of the first convolution.
+        blocks: Residual blocks after each strided convolution.
     """
 
-    def __init__(self, dim: int, patch_size: int = 16, in_chans: int = 3, width: int = 32) -> None:
+    def __init__(
+        self, dim: int, patch_size: int = 16, in_chans: int = 3, width: int = 32, blocks: int = 0
+    ) -> None:
         super().__init__()
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"the conv stem needs a power-of-two patch_size, got {patch_size}")
+        if blocks < 0:
+            raise ValueError(f"the conv stem needs blocks >= 0, got {blocks}")
         self.patch_size = patch_size
         layers: list[nn.Module] = []
         channels = in_chans
@@ -146,6 +172,7 @@ class ConvStem(nn.Module):
                 nn.BatchNorm2d(out),
                 nn.ReLU(inplace=True),
             ]
+            layers += [ResidualConvBlock(out) for _ in range(blocks)]
             channels = out
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, dim, kernel_size=1)

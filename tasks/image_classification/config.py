@@ -15,7 +15,17 @@ SourceKind = Literal["digits", "hub", "parquet", "arrow", "imagefolder", "torchv
 
 
 # The ViT shape fields a config may override (all set by a pretrained checkpoint instead).
-VIT_SHAPE = ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "pool", "stem", "stem_width")
+VIT_SHAPE = (
+    "patch_size",
+    "dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pool",
+    "stem",
+    "stem_width",
+    "stem_blocks",
+)
 
 
 @dataclass
@@ -35,6 +45,7 @@ class ImageModelConfig:
         stem: Overrides the tokenizer of the image: ``patch`` (linear patches, the ViT) or
             ``conv`` (a small convolutional stem, the paper's hybrid).
         stem_width: Overrides the channels of the conv stem's first convolution.
+        stem_blocks: Overrides the residual blocks after each strided convolution of the stem.
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -53,6 +64,7 @@ class ImageModelConfig:
     pool: Literal["cls", "mean"] | None = None
     stem: Literal["patch", "conv"] | None = None
     stem_width: int | None = None
+    stem_blocks: int | None = None
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -60,7 +72,9 @@ class ImageModelConfig:
 
     def vit_overrides(self) -> dict[str, object]:
         """The ViT fields this config sets (the ``None`` ones keep the size's value)."""
-        out: dict[str, object] = {k: getattr(self, k) for k in VIT_SHAPE if getattr(self, k)}
+        out: dict[str, object] = {
+            k: getattr(self, k) for k in VIT_SHAPE if getattr(self, k) is not None
+        }
         out.update(dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path)
         return out
 
@@ -85,6 +99,10 @@ class ImageModelConfig:
                     )
         if self.arch == "resnet18" and self.pretrained is not None:
             raise UserError("model.pretrained: only a ViT can be fine-tuned (model.arch: vit)")
+        if self.stem_width is not None and self.stem_width < 1:
+            raise UserError(f"model.stem_width: expected >= 1 channel, got {self.stem_width}")
+        if self.stem_blocks is not None and self.stem_blocks < 0:
+            raise UserError(f"model.stem_blocks: expected >= 0 blocks, got {self.stem_blocks}")
         for key in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise UserError(f"model.{key}: expected a rate in [0, 1), got {getattr(self, key)}")

@@ -34,6 +34,7 @@ class ViTConfig:
         stem: ``patch`` (a linear projection of each patch, the paper's ViT) or ``conv`` (a
             small convolutional stem, the paper's hybrid; ``patch_size`` a power of two).
         stem_width: Channels of the conv stem's first convolution.
+        stem_blocks: Residual blocks after each strided convolution of the conv stem (0: none).
         dropout: Dropout on the embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -52,6 +53,7 @@ class ViTConfig:
     pool: Literal["cls", "mean"] = "cls"
     stem: Literal["patch", "conv"] = "patch"
     stem_width: int = 32
+    stem_blocks: int = 0
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -98,7 +100,9 @@ class VisionTransformer(nn.Module):
                 f"image_size={c.image_size} is not a multiple of patch_size={c.patch_size}"
             )
         if c.stem == "conv":
-            self.patch_embed: nn.Module = ConvStem(c.dim, c.patch_size, c.in_chans, c.stem_width)
+            self.patch_embed: nn.Module = ConvStem(
+                c.dim, c.patch_size, c.in_chans, c.stem_width, c.stem_blocks
+            )
         else:
             self.patch_embed = PatchEmbedding(c.dim, c.patch_size, c.in_chans)
         self.grid = (c.image_size // c.patch_size,) * 2
