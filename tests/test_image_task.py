@@ -155,6 +155,31 @@ def test_conv_stem_blocks_make_a_residual_stem_that_starts_as_the_plain_one(tmp_
         ImageModelConfig(pretrained="vit.pth", stem_blocks=1).validate()
 
 
+def test_conv_stem_input_blocks_work_at_the_input_resolution(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    model_config = task.config.model
+    model_config.stem, model_config.stem_blocks, model_config.patch_size = "conv", 1, 4
+    plain_keys = set(task.build_model().state_dict())
+    model_config.stem_input_blocks, model_config.stem_width = 2, 24
+    model = task.build_model()
+    first = model.patch_embed.convs[0]
+    assert first.stride == (1, 1) and first.out_channels == model_config.stem_width
+    # Two blocks see the 8x8 input before the first strided convolution halves it.
+    sizes: list[int] = []
+    for module in model.patch_embed.convs:
+        if isinstance(module, ResidualConvBlock):
+            module.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert sizes == [8, 8, 4, 2]
+    # Without input blocks the stem keeps its parameter names (a checkpoint format).
+    model_config.stem_input_blocks, model_config.stem_width = 0, None
+    assert set(task.build_model().state_dict()) == plain_keys
+    assert "patch_embed.convs.0.weight" in plain_keys
+    assert task.build_model().patch_embed.convs[0].stride == (2, 2)
+    with pytest.raises(UserError, match="model.stem_input_blocks: expected >= 0 blocks, got -1"):
+        ImageModelConfig(stem_input_blocks=-1).validate()
+
+
 def test_resnet18_runs_channels_last_with_plain_weights_and_outputs() -> None:
     from tasks.image_classification.resnet import small_resnet18
 

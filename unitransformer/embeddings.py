@@ -144,7 +144,10 @@ class ConvStem(nn.Module):
     projection to ``dim``: one token per ``patch_size`` square, as `PatchEmbedding` gives, but
     with the convolutional inductive bias that helps ViTs train on small data (Xiao et al.
     2021, "Early convolutions help transformers see better"). With ``blocks`` > 0 the stem is
-    a small ResNet, as the paper's hybrid (which takes ResNet-50 stages) is.
+    a small ResNet, as the paper's hybrid (which takes ResNet-50 stages) is. With
+    ``input_blocks`` > 0 a stride-1 3x3 convolution to ``width`` channels and that many
+    residual blocks first work at the input resolution, as the first stage of a ResNet for
+    small images does (on 32x32 images a stride-2 first convolution leaves 16x16 too early).
 
     Args:
         dim: Token width.
@@ -152,19 +155,38 @@ class ConvStem(nn.Module):
         in_chans: Image channels.
         width: Channels of the first convolution.
         blocks: Residual blocks after each strided convolution.
+        input_blocks: Residual blocks at the input resolution (0: the stem starts strided).
     """
 
     def __init__(
-        self, dim: int, patch_size: int = 16, in_chans: int = 3, width: int = 32, blocks: int = 0
+        self,
+        dim: int,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        width: int = 32,
+        blocks: int = 0,
+        input_blocks: int = 0,
     ) -> None:
         super().__init__()
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"the conv stem needs a power-of-two patch_size, got {patch_size}")
-        if blocks < 0:
-            raise ValueError(f"the conv stem needs blocks >= 0, got {blocks}")
+        if blocks < 0 or input_blocks < 0:
+            raise ValueError(
+                f"the conv stem needs blocks >= 0 and input_blocks >= 0, got {blocks}, "
+                f"{input_blocks}"
+            )
         self.patch_size = patch_size
         layers: list[nn.Module] = []
         channels = in_chans
+        if input_blocks:
+            # Appended only when asked, so stems without them keep their parameter names.
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            layers += [ResidualConvBlock(width) for _ in range(input_blocks)]
+            channels = width
         for i in range(int(math.log2(patch_size))):
             out = width * 2**i
             layers += [

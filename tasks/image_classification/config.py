@@ -25,6 +25,7 @@ VIT_SHAPE = (
     "stem",
     "stem_width",
     "stem_blocks",
+    "stem_input_blocks",
 )
 
 
@@ -46,6 +47,8 @@ class ImageModelConfig:
             ``conv`` (a small convolutional stem, the paper's hybrid).
         stem_width: Overrides the channels of the conv stem's first convolution.
         stem_blocks: Overrides the residual blocks after each strided convolution of the stem.
+        stem_input_blocks: Overrides the residual blocks of the stem at the input resolution
+            (after a stride-1 convolution; 0 starts the stem with a strided convolution).
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -65,6 +68,7 @@ class ImageModelConfig:
     stem: Literal["patch", "conv"] | None = None
     stem_width: int | None = None
     stem_blocks: int | None = None
+    stem_input_blocks: int | None = None
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -101,8 +105,9 @@ class ImageModelConfig:
             raise UserError("model.pretrained: only a ViT can be fine-tuned (model.arch: vit)")
         if self.stem_width is not None and self.stem_width < 1:
             raise UserError(f"model.stem_width: expected >= 1 channel, got {self.stem_width}")
-        if self.stem_blocks is not None and self.stem_blocks < 0:
-            raise UserError(f"model.stem_blocks: expected >= 0 blocks, got {self.stem_blocks}")
+        for key in ("stem_blocks", "stem_input_blocks"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise UserError(f"model.{key}: expected >= 0 blocks, got {getattr(self, key)}")
         for key in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise UserError(f"model.{key}: expected a rate in [0, 1), got {getattr(self, key)}")

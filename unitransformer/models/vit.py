@@ -35,6 +35,8 @@ class ViTConfig:
             small convolutional stem, the paper's hybrid; ``patch_size`` a power of two).
         stem_width: Channels of the conv stem's first convolution.
         stem_blocks: Residual blocks after each strided convolution of the conv stem (0: none).
+        stem_input_blocks: Residual blocks of the conv stem at the input resolution, after a
+            stride-1 convolution (0: none; the stem starts with a strided convolution).
         dropout: Dropout on the embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -54,6 +56,7 @@ class ViTConfig:
     stem: Literal["patch", "conv"] = "patch"
     stem_width: int = 32
     stem_blocks: int = 0
+    stem_input_blocks: int = 0
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -101,7 +104,7 @@ class VisionTransformer(nn.Module):
             )
         if c.stem == "conv":
             self.patch_embed: nn.Module = ConvStem(
-                c.dim, c.patch_size, c.in_chans, c.stem_width, c.stem_blocks
+                c.dim, c.patch_size, c.in_chans, c.stem_width, c.stem_blocks, c.stem_input_blocks
             )
         else:
             self.patch_embed = PatchEmbedding(c.dim, c.patch_size, c.in_chans)
