@@ -136,6 +136,15 @@ class ResidualConvBlock(nn.Module):
         return F.relu(x + self.bn2(self.conv2(y)), inplace=True)
 
 
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    """A 3x3 convolution (no bias: BatchNorm follows), BatchNorm and ReLU, as layers."""
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
 class ConvStem(nn.Module):
     """A convolutional stem that produces the patch tokens (the ViT paper's hybrid).
 
@@ -180,20 +189,12 @@ class ConvStem(nn.Module):
         channels = in_chans
         if input_blocks:
             # Appended only when asked, so stems without them keep their parameter names.
-            layers += [
-                nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers += _conv_bn_relu(channels, width, stride=1)
             layers += [ResidualConvBlock(width) for _ in range(input_blocks)]
             channels = width
         for i in range(int(math.log2(patch_size))):
             out = width * 2**i
-            layers += [
-                nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-            ]
+            layers += _conv_bn_relu(channels, out, stride=2)
             layers += [ResidualConvBlock(out) for _ in range(blocks)]
             channels = out
         self.convs = nn.Sequential(*layers)
