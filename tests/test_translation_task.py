@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -229,6 +230,29 @@ def test_translate_streams_as_it_goes(translator: Translator) -> None:
     assert len(list(stream)) == 39
 
 
+def test_translate_decodes_under_the_asked_autocast(translator: Translator) -> None:
+    seen: list[bool] = []
+    decode = translator.model.decode
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return decode(*args, **kwargs)
+
+    translator.model.decode = spy  # type: ignore[method-assign]
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        translator.precision = precision
+        outputs[precision] = translator.translate(["a man runs", "the red cat"])
+        assert seen and all(on == (precision == "bf16") for on in seen), precision
+    assert all(outputs["bf16"]), "bf16 decoding translates too"
+    with pytest.raises(UserError, match="precision='half': expected one of auto, fp32"):
+        Translator(translator.model, translator.tokenizer, precision="half")
+    translator.precision = "fp16"
+    with pytest.raises(UserError, match="'fp16' needs CUDA"):
+        translator.translate(["a man runs"])
+
+
 def run_translate(tmp_path: Path, translator: Translator, *argv: str) -> int:
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers())
@@ -349,6 +373,7 @@ def test_trained_run_directory_translates_and_averages(tmp_path: Path) -> None:
 
     config = make_config(tmp_path)
     config.train = type(config.train)(max_steps=4, checkpoint_every=2, log_every=2, device="cpu")
+    config.train.precision = "fp32"
     config.eval.every, config.eval.average_last = 0, 2
     task = TranslationTask(config)
     Trainer(task, config, tmp_path / "run").fit()
@@ -356,3 +381,6 @@ def test_trained_run_directory_translates_and_averages(tmp_path: Path) -> None:
     for which in ("best", "averaged"):
         translator = Translator.from_pretrained(tmp_path / "run", device="cpu", checkpoint=which)
         assert translator.translate(["a man runs", ""], beam=1)[1] == ""
+        assert translator.precision == "fp32", "the run's own train.precision, as evaluate"
+    translator = Translator.from_pretrained(tmp_path / "run", device="cpu", precision="bf16")
+    assert translator.precision == "bf16"

@@ -41,6 +41,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="which weights of a run directory",
     )
     parser.add_argument("--device", default="auto", help="torch device (auto: cuda if present)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast of the decoding (default: the run's train.precision, as evaluate uses)",
+    )
     parser.set_defaults(func=translate_command)
 
 
@@ -97,7 +103,7 @@ def translate_command(args: argparse.Namespace) -> int:
     from tasks.translation.translator import Translator
 
     translator = Translator.from_pretrained(
-        args.run_dir, device=args.device, checkpoint=args.checkpoint
+        args.run_dir, device=args.device, checkpoint=args.checkpoint, precision=args.precision
     )
     stream = translator.translate_stream(
         _input_lines(args.input), beam=args.beam, nbest=args.nbest, max_tokens=args.max_tokens

@@ -14,9 +14,12 @@ from torch import nn
 
 from tasks.translation.batching import pad_sequences, token_batches
 from tasks.translation.config import DecodeConfig
+from unitransformer.engine.runtime import autocast
 from unitransformer.errors import UserError
 
 __all__ = ["MarianTokenizerAdapter", "SourceTokenizer", "Translator", "decode_sources"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class SourceTokenizer(Protocol):
@@ -100,21 +103,50 @@ class Translator:
         model: A model with the encode/decode surface (`Seq2SeqTransformer`, the RNN).
         tokenizer: Encodes sources and detokenizes outputs.
         decode: Beam size, length limits and batch budget (defaults of `DecodeConfig`).
+        precision: ``auto`` (bf16 autocast where the hardware multiplies bf16 natively, as
+            ``train.precision: auto`` does), ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
+
+    Raises:
+        UserError: An unknown ``precision``, or fp16 off CUDA.
     """
 
     def __init__(
-        self, model: nn.Module, tokenizer: SourceTokenizer, decode: DecodeConfig | None = None
+        self,
+        model: nn.Module,
+        tokenizer: SourceTokenizer,
+        decode: DecodeConfig | None = None,
+        precision: str = "auto",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.decode = decode or DecodeConfig()
+        self.precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are."""
+        return next(self.model.parameters()).device
 
     @classmethod
     def from_pretrained(
-        cls, source: str | Path, *, device: str = "auto", checkpoint: str = "best"
+        cls,
+        source: str | Path,
+        *,
+        device: str = "auto",
+        checkpoint: str = "best",
+        precision: str | None = None,
     ) -> Translator:
         """A run directory of `unitransformer train`, or an opus-mt (Marian) model directory or
         hub name (read through `unitransformer.interop`).
+
+        Args:
+            source: The run directory, Marian directory or hub name.
+            device: A torch device name; ``auto`` is CUDA when present, else the CPU.
+            checkpoint: Which weights of a run directory (``best``, ``last``, ``averaged``...).
+            precision: See the class; None takes a run's ``train.precision``, so that
+                ``translate`` decodes as ``evaluate`` scored (``auto`` for Marian models).
 
         Raises:
             UserError: If ``source`` is neither, or its files cannot be read.
@@ -124,14 +156,19 @@ class Translator:
             from tasks.translation.task import TranslationTask
 
             task, model = TranslationTask.from_run_dir(path, checkpoint)
-            translator = cls(model, task.tokenizer, task.config.decode)  # type: ignore[arg-type]
+            translator = cls(
+                model,
+                task.tokenizer,  # type: ignore[arg-type]
+                task.config.decode,
+                precision or task.config.train.precision,
+            )
         else:
-            translator = cls._from_marian(str(source))
+            translator = cls._from_marian(str(source), precision or "auto")
         translator.model.to(_device(device))
         return translator
 
     @classmethod
-    def _from_marian(cls, source: str) -> Translator:
+    def _from_marian(cls, source: str, precision: str) -> Translator:
         from unitransformer.interop import load_pretrained_marian
 
         path = Path(source).expanduser()
@@ -150,9 +187,8 @@ class Translator:
             tokenizer = MarianTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
             raise UserError(f"{source}: could not load the Marian tokenizer ({error})") from None
-        return cls(
-            model, MarianTokenizerAdapter(tokenizer), DecodeConfig(beam=4, length_penalty=1.0)
-        )
+        decode = DecodeConfig(beam=4, length_penalty=1.0)
+        return cls(model, MarianTokenizerAdapter(tokenizer), decode, precision)
 
     def translate_stream(
         self,
@@ -178,6 +214,8 @@ class Translator:
                 f"beam, nbest and max_tokens must be >= 1; got {decode.beam}, "
                 f"{nbest} and {decode.max_tokens}"
             )
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise UserError("precision 'fp16' needs CUDA (use bf16 on the CPU)")
         limit = source_limit(self.model, decode)
         chunk: list[list[int]] = []
         tokens = 0
@@ -198,7 +236,9 @@ class Translator:
         self, chunk: list[list[int]], decode: DecodeConfig, nbest: int
     ) -> Iterator[list[str]]:
         nonempty = [i for i, ids in enumerate(chunk) if ids]
-        found = decode_sources(self.model, [chunk[i] for i in nonempty], decode, nbest)
+        # The same autocast as `evaluate` (engine.runtime), so both give the same outputs.
+        with autocast(self.device, self.precision):
+            found = decode_sources(self.model, [chunk[i] for i in nonempty], decode, nbest)
         outputs = [[""] * nbest for _ in chunk]
         for i, hyps in zip(nonempty, found, strict=True):
             texts = [self.tokenizer.decode_target(tokens) for tokens in hyps]
