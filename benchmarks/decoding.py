@@ -152,10 +152,11 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
         # the peers with that of a last regular token (tests/test_export.py compares searches).
         row.notes["output length"] = f"ours {lengths(ours())}, peer {lengths(peer())}"
         rows.append(row)
-    # Each library's default path: `translate` resolves precision "auto" (bf16 autocast on
-    # AVX-512 BF16 / AMX CPUs); generate and CTranslate2 run what they are given.
+    # Each library's default path: `translate` decodes with the run's train.precision, "auto"
+    # unless set (bf16 autocast on AVX-512 BF16 / AMX CPUs); generate and CTranslate2 run what
+    # they are given.
     bf16 = ours_decoder(engines["ours"], src, bf16=R.default_bf16())
-    for peer_name in ("HF generate fp32", "CTranslate2 int8"):
+    for peer_name in peers:
         ours_s, peer_s = time_pair(bf16, peers[peer_name], repeats, warmup=1)
         name = f"beam search, beam {BEAM}, {count} sentences, ours default path"
         row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
