@@ -104,7 +104,8 @@ def _streamed_run(run: Path, lines: list[str], out: Path, wait: bool) -> tuple[i
     log = out.with_suffix(".log")
     # Chunks of about 600 lines: the 1,000-line run already reaches the steady state.
     # fp32: in bf16, oneDNN keeps kernels per batch shape, which adds hundreds of MiB over
-    # 100,000 lines (measured: 837 against 378 MiB for 1,000), a cost of the kernels, not of the streaming.
+    # 100,000 lines (measured: 837 against 378 MiB for 1,000 lines), a cost of the kernels,
+    # not of the streaming.
     process = _translate(
         run, log, "-o", str(out), "--max-tokens", "1024", "--precision", "fp32",
         stdin=subprocess.PIPE,
