@@ -14,12 +14,10 @@ from torch import nn
 
 from tasks.translation.batching import pad_sequences, token_batches
 from tasks.translation.config import DecodeConfig
-from unitransformer.engine.runtime import autocast
+from unitransformer.engine.runtime import PRECISIONS, autocast, check_precision
 from unitransformer.errors import UserError
 
 __all__ = ["MarianTokenizerAdapter", "SourceTokenizer", "Translator", "decode_sources"]
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class SourceTokenizer(Protocol):
@@ -118,7 +116,8 @@ class Translator:
         precision: str = "auto",
     ) -> None:
         if precision not in PRECISIONS:
-            raise UserError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+            # The value only: fp16 is checked against the device when decoding (models move).
+            check_precision(precision, torch.device("cpu"), "precision")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.decode = decode or DecodeConfig()
@@ -214,8 +213,7 @@ class Translator:
                 f"beam, nbest and max_tokens must be >= 1; got {decode.beam}, "
                 f"{nbest} and {decode.max_tokens}"
             )
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise UserError("precision 'fp16' needs CUDA (use bf16 on the CPU)")
+        check_precision(self.precision, self.device, "precision")
         limit = source_limit(self.model, decode)
         chunk: list[list[int]] = []
         tokens = 0

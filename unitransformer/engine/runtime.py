@@ -14,9 +14,12 @@ import torch
 from unitransformer.engine import checkpoint as ckpt
 from unitransformer.engine import distributed as D
 from unitransformer.engine.task import Task
+from unitransformer.errors import UserError
 
 __all__ = [
+    "PRECISIONS",
     "autocast",
+    "check_precision",
     "evaluate_run",
     "fast_bf16",
     "move_to",
@@ -72,6 +75,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if fast_bf16(device) else "fp32"
+
+
+# The values of ``train.precision`` (engine.config.TrainConfig) and of `translate --precision`.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str, device: torch.device, key: str) -> str:
+    """``precision`` resolved for ``device`` (see `resolve_precision`).
+
+    Raises:
+        UserError: ``precision`` is not one of `PRECISIONS`, or is fp16 off CUDA; the message
+            names ``key``, the setting it came from.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"{key}={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp16" and device.type != "cuda":
+        raise UserError(f"{key}='fp16' needs CUDA (use bf16 on CPU and MPS)")
+    return resolved
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -29,7 +29,7 @@ from unitransformer.engine import distributed as D
 from unitransformer.engine.loader import config_to_dict
 from unitransformer.engine.monitor import MetricsLog, Progress, plot_curves
 from unitransformer.engine.optim import EMA, build_optimizer, build_scheduler
-from unitransformer.engine.runtime import autocast, move_to, resolve_precision, seed_everything
+from unitransformer.engine.runtime import autocast, check_precision, move_to, seed_everything
 from unitransformer.engine.task import Task, batches_from
 from unitransformer.errors import UserError
 
@@ -105,9 +105,7 @@ class Trainer:
     def _setup(self) -> None:
         tc = self.tc
         self.device = D.select_device(tc.device, int(os.environ.get("LOCAL_RANK", 0)))
-        self.precision = resolve_precision(tc.precision, self.device)
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise UserError("train.precision='fp16' needs CUDA (use bf16 on CPU and MPS)")
+        self.precision = check_precision(tc.precision, self.device, "train.precision")
         if tc.fsdp and tc.ema_decay > 0:
             raise UserError("train.fsdp=true with train.ema_decay>0 is not supported")
         self._own_group = not dist.is_initialized()
