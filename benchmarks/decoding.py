@@ -1,8 +1,7 @@
 """Row 4: beam search, ours against Hugging Face ``generate`` and CTranslate2 (float32, int8).
 
-    .venv/bin/python benchmarks/decoding.py              # the rows, then RESULTS.md (~3 min)
-    .venv/bin/python benchmarks/decoding.py --quick      # 10 sentences, 1 repeat, no RESULTS.md
-    .venv/bin/python benchmarks/decoding.py --profile    # where our beam search spends its time
+    .venv/bin/python benchmarks/run.py --rows decoding   # the rows (part of the whole suite)
+    .venv/bin/python benchmarks/decoding.py              # where our beam search spends its time
 
 One model, the same weights everywhere: row 3's translation model (d=256, 3+3 post-LN layers,
 8 heads, FFN 1024, vocabulary 8,000) is built as a Hugging Face ``MarianMTModel``, converted to
@@ -16,7 +15,6 @@ max_decoding_length``), so a faster engine cannot win by stopping earlier.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import tempfile
 from collections.abc import Callable
@@ -28,8 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import rows as R  # noqa: E402
-from benchmarks.harness import Row, machine_description, time_pair, write_section  # noqa: E402
-from benchmarks.run import format_table  # noqa: E402
+from benchmarks.harness import Row, time_pair  # noqa: E402
 from tasks.translation.export import export_ctranslate2  # noqa: E402
 from unitransformer.decoding import beam_search  # noqa: E402
 from unitransformer.interop import seq2seq_from_marian  # noqa: E402
@@ -145,7 +142,7 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
     }
     rows = []
     for peer_name, peer in peers.items():
-        ours_s, peer_s = time_pair(ours, peer, repeats, warmup=1)
+        ours_s, peer_s = time_pair(ours, peer, repeats)
         name = f"beam search, beam {BEAM}, {count} sentences, fp32"
         row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
         # Best hypotheses are not compared: at the forced end ours ranks with the eos log-prob,
@@ -157,12 +154,19 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
     # they are given.
     bf16 = ours_decoder(engines["ours"], src, bf16=R.default_bf16())
     for peer_name in peers:
-        ours_s, peer_s = time_pair(bf16, peers[peer_name], repeats, warmup=1)
+        ours_s, peer_s = time_pair(bf16, peers[peer_name], repeats)
         name = f"beam search, beam {BEAM}, {count} sentences, ours default path"
         row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
         row.notes["ours"] = "bf16 autocast" if R.default_bf16() else "fp32"
         rows.append(row)
     return rows
+
+
+def decoding_rows(repeats: int, quick: bool) -> list[Row]:
+    """The suite's row 4 (`benchmarks/run.py`): 100 sentences, or 10 with ``quick``."""
+    with tempfile.TemporaryDirectory() as folder:
+        engines = build(torch.get_num_threads(), Path(folder))
+        return measure(engines, 10 if quick else SENTENCES, repeats)
 
 
 def profile(engines: dict[str, Any], count: int) -> str:
@@ -178,36 +182,14 @@ def profile(engines: dict[str, Any], count: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the rows (or the profile), prints them, and rewrites the decoding section."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    """Prints where one of our beam searches spends its time (the rows are `decoding_rows`)."""
+    parser = argparse.ArgumentParser(description="Profile of our beam search (row 4's model).")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="10 sentences, 1 repeat; no file")
-    parser.add_argument("--profile", action="store_true", help="profile ours; no file")
+    parser.add_argument("--sentences", type=int, default=SENTENCES)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    count, repeats = (10, 1) if args.quick else (SENTENCES, args.repeats)
     with tempfile.TemporaryDirectory() as folder:
-        engines = build(args.threads, Path(folder))
-        if args.profile:
-            print(profile(engines, count))
-            return 0
-        rows = measure(engines, count, repeats)
-    table = format_table(rows)
-    print(table)
-    if not args.quick:
-        command = "python benchmarks/decoding.py " + " ".join(
-            sys.argv[1:] if argv is None else argv
-        )
-        write_section(
-            "decoding",
-            f"## Beam search (row 4)\n\nCommand: `{command.strip()}`  \n"
-            f"Date: {datetime.date.today().isoformat()}  \nMachine: {machine_description()}  \n"
-            f"Median of {repeats} alternating runs after 1 warm-up run each. Row 3's model "
-            f"(d=256, 3+3 layers, vocabulary 8,000), one set of weights; {count} sources of "
-            f"{SOURCE_LENGTHS[0]}-{SOURCE_LENGTHS[1]} tokens; every engine forced to "
-            f"{OUTPUT_TOKENS + 1} decoder steps.\n\n{table}",
-        )
+        print(profile(build(args.threads, Path(folder)), args.sentences))
     return 0
 
 

@@ -25,6 +25,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 __all__ = [
     "RESULTS",
     "Row",
+    "format_table",
     "machine_description",
     "matmul_peak_flops",
     "peak_rss_mib",
@@ -59,6 +60,23 @@ class Row:
     def ratio(self) -> float:
         """Peer time over our time: above 1 means we are faster."""
         return self.peer_s / self.ours_s
+
+
+def format_table(rows: list[Row]) -> str:
+    """The rows as a Markdown table: throughputs (or MiB), the ratio and the notes."""
+    lines = [
+        "| row | peer | ours | peer | ratio (peer time / ours) | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.unit == "MiB":
+            ours, peer = f"{r.ours_s:.0f} MiB", f"{r.peer_s:.0f} MiB"
+        else:
+            ours = f"{r.items / r.ours_s:,.0f} {r.unit}/s"
+            peer = f"{r.items / r.peer_s:,.0f} {r.unit}/s"
+        notes = "; ".join(f"{k}: {v}" for k, v in r.notes.items())
+        lines.append(f"| {r.name} | {r.peer} | {ours} | {peer} | {r.ratio:.2f}x | {notes} |")
+    return "\n".join(lines)
 
 
 def time_pair(
@@ -124,17 +142,25 @@ print(max(peak[0], rss()) - base)
     return int(result.stdout.strip().splitlines()[-1]) / 2**20
 
 
-def machine_description() -> str:
-    """CPU model, cores used, torch version: the context every figure needs."""
+def machine_description(threads: int | None = None, children: bool = False) -> str:
+    """CPU model, cores used, torch version: the context every figure needs.
+
+    Args:
+        threads: Threads the figures used; torch's current setting by default.
+        children: Report the peak RSS of the largest child process (rows measured in fresh
+            processes) instead of this process's own.
+    """
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    rss = resource.getrusage(who).ru_maxrss // 1024
+    threads = torch.get_num_threads() if threads is None else threads
     return (
-        f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{cpu}, {threads} threads, torch {torch.__version__}, "
         f"Python {platform.python_version()} (harness RSS {rss} MiB)"
     )
 

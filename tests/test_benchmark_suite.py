@@ -1,7 +1,7 @@
 """Smoke runs of the side-by-side suite and the beam-search rows (``--quick``: tiny shapes).
 
-The figures themselves come from ``python benchmarks/run.py`` and ``benchmarks/decoding.py``,
-never from tests; this only keeps every row runnable, side by side, with a positive ratio.
+The figures themselves come from ``python benchmarks/run.py``, never from tests; this only keeps
+every row runnable, side by side, with a positive ratio.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks` is a folder of the repository, not installed.
 
 from benchmarks import run as suite  # noqa: E402
-from benchmarks.harness import RESULTS  # noqa: E402
+from benchmarks.harness import RESULTS, Row  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROW = re.compile(r"^\| (?P<name>[^|]+) \| (?P<peer>[^|]+) \|.*\| (?P<ratio>[0-9.]+)x \|")
@@ -42,10 +42,41 @@ def test_quick_suite_prints_every_row_side_by_side(capsys):
 def test_quick_beam_rows_run_every_engine(capsys):
     pytest.importorskip("ctranslate2", reason="CTranslate2 is a beam-search peer")
     pytest.importorskip("transformers", reason="Hugging Face generate is a beam-search peer")
-    from benchmarks import decoding
-
-    assert decoding.main(["--quick", "--threads", "1"]) == 0
+    assert suite.main(["--quick", "--threads", "1", "--rows", "decoding"]) == 0
     rows = _rows(capsys.readouterr().out)
     peers = {m["peer"] for m in rows}
     assert {"HF generate fp32", "CTranslate2 float32", "CTranslate2 int8"} <= peers
     assert any("default path" in m["name"] for m in rows)
+
+
+def test_each_group_runs_in_a_fresh_process():
+    import torch
+
+    pytest.importorskip("timm", reason="timm is the attention peer")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rows = suite.run_suite("attention", 1, True, 1)
+        # The group set one thread for itself, in its own process: ours still has two.
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert rows and all(isinstance(row, Row) and row.ours_s > 0 for row in rows)
+
+
+def test_only_a_full_run_rewrites_results(monkeypatch, capsys):
+    groups, written = [], []
+
+    def fake_run_suite(name: str, repeats: int, quick: bool, threads: int) -> list[Row]:
+        groups.append((name, repeats, threads))
+        return [Row(f"{name} row", "peer", 1.0, 2.0, 10, "items")]
+
+    monkeypatch.setattr(suite, "run_suite", fake_run_suite)
+    monkeypatch.setattr(suite, "write_results", lambda *args: written.append(args))
+    assert suite.main(["--rows", "vit", "--repeats", "7", "--threads", "3"]) == 0
+    assert groups == [("vit", 7, 3)] and written == []  # a partial table never lands
+    assert suite.main(["--repeats", "7"]) == 0
+    assert [name for name, _, _ in groups[1:]] == list(suite.SUITES)
+    ((table, command, repeats, threads),) = written
+    assert command == "python benchmarks/run.py --repeats 7" and (repeats, threads) == (7, 2)
+    assert table.count("| 2.00x |") == len(suite.SUITES)  # every group's row, one table
