@@ -1,6 +1,6 @@
 """The side-by-side benchmark suite: prints a table and rewrites benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/run.py                 # all rows, then RESULTS.md (~13 min)
+    .venv/bin/python benchmarks/run.py                 # all rows, then RESULTS.md
     .venv/bin/python benchmarks/run.py --rows vit      # some rows, printed only
     .venv/bin/python benchmarks/run.py --quick         # 1 repeat, small shapes: a smoke run
 
