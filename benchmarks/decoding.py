@@ -15,6 +15,7 @@ max_decoding_length``), so a faster engine cannot win by stopping earlier.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 from collections.abc import Callable
@@ -102,10 +103,9 @@ def ct2_decoder(translator: Any, batch: list[list[int]], vocab: list[str]) -> Ca
     return run
 
 
-def build(threads: int, folder: Path) -> dict[str, Any]:
-    """The three engines over one set of weights; CTranslate2 in float32 and int8."""
-    import ctranslate2
-
+def build(folder: Path) -> dict[str, Any]:
+    """The engines' inputs over one set of weights: Marian, ours, and our model exported to
+    CTranslate2 in float32 and int8 (folders; `ct2_translator` loads one)."""
     torch.manual_seed(0)
     marian = R.marian_seq2seq().eval()
     # Decoding settings come from the call alone: no forced final token, nothing banned.
@@ -115,13 +115,19 @@ def build(threads: int, folder: Path) -> dict[str, Any]:
     vocab = vocabulary(R.SEQ2SEQ["vocab"])
     engines: dict[str, Any] = {"marian": marian, "ours": ours, "vocab": vocab}
     for quantization in ("float32", "int8"):
-        path = export_ctranslate2(
+        engines[quantization] = export_ctranslate2(
             ours, folder / quantization, vocab, vocab, quantization=quantization
         )
-        engines[quantization] = ctranslate2.Translator(
-            str(path), device="cpu", compute_type=quantization, intra_threads=threads
-        )
     return engines
+
+
+def ct2_translator(path: Path, quantization: str) -> Any:
+    """A CTranslate2 translator on the CPU with as many threads as torch uses."""
+    import ctranslate2
+
+    return ctranslate2.Translator(
+        str(path), device="cpu", compute_type=quantization, intra_threads=torch.get_num_threads()
+    )
 
 
 def lengths(outputs: list[list[int]]) -> str:
@@ -131,41 +137,49 @@ def lengths(outputs: list[list[int]]) -> str:
 
 
 def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
-    """The rows: ours (float32, and bfloat16 autocast) against each peer."""
+    """The rows: ours (float32, and each library's default path) against each peer.
+
+    A CTranslate2 translator lives only while its own rows run: a live one keeps a thread pool
+    that measurably slows whatever shares the cores with it (RESULTS.md, row 4's notes).
+    """
     batch = sources(count)
     src = padded(batch)
-    ours = ours_decoder(engines["ours"], src)
-    peers = {
-        "HF generate fp32": hf_decoder(engines["marian"], src),
-        "CTranslate2 float32": ct2_decoder(engines["float32"], batch, engines["vocab"]),
-        "CTranslate2 int8": ct2_decoder(engines["int8"], batch, engines["vocab"]),
+    # `translate` decodes with the run's train.precision, "auto" unless set (bf16 autocast on
+    # AVX-512 BF16 / AMX CPUs); generate and CTranslate2 run what they are given.
+    ours = {
+        "fp32": ours_decoder(engines["ours"], src),
+        "ours default path": ours_decoder(engines["ours"], src, bf16=R.default_bf16()),
     }
-    rows = []
-    for peer_name, peer in peers.items():
-        ours_s, peer_s = time_pair(ours, peer, repeats)
-        name = f"beam search, beam {BEAM}, {count} sentences, fp32"
-        row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
-        # Best hypotheses are not compared: at the forced end ours ranks with the eos log-prob,
-        # the peers with that of a last regular token (tests/test_export.py compares searches).
-        row.notes["output length"] = f"ours {lengths(ours())}, peer {lengths(peer())}"
-        rows.append(row)
-    # Each library's default path: `translate` decodes with the run's train.precision, "auto"
-    # unless set (bf16 autocast on AVX-512 BF16 / AMX CPUs); generate and CTranslate2 run what
-    # they are given.
-    bf16 = ours_decoder(engines["ours"], src, bf16=R.default_bf16())
-    for peer_name in peers:
-        ours_s, peer_s = time_pair(bf16, peers[peer_name], repeats)
-        name = f"beam search, beam {BEAM}, {count} sentences, ours default path"
-        row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
-        row.notes["ours"] = "bf16 autocast" if R.default_bf16() else "fp32"
-        rows.append(row)
-    return rows
+    rows: dict[tuple[str, str], Row] = {}
+    for peer_name in ("HF generate fp32", "CTranslate2 float32", "CTranslate2 int8"):
+        translator = None
+        if peer_name == "HF generate fp32":
+            peer = hf_decoder(engines["marian"], src)
+        else:
+            quantization = peer_name.split()[-1]
+            translator = ct2_translator(engines[quantization], quantization)
+            peer = ct2_decoder(translator, batch, engines["vocab"])
+        for path, run in ours.items():
+            ours_s, peer_s = time_pair(run, peer, repeats)
+            name = f"beam search, beam {BEAM}, {count} sentences, {path}"
+            row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
+            if path == "fp32":
+                # Best hypotheses are not compared: at the forced end ours ranks with the eos
+                # log-prob, the peers with that of a last regular token (tests/test_export.py
+                # compares searches).
+                row.notes["output length"] = f"ours {lengths(run())}, peer {lengths(peer())}"
+            else:
+                row.notes["ours"] = "bf16 autocast" if R.default_bf16() else "fp32"
+            rows[path, peer_name] = row
+        del peer, translator
+        gc.collect()
+    return [rows[key] for key in sorted(rows, key=lambda key: list(ours).index(key[0]))]
 
 
 def decoding_rows(repeats: int, quick: bool) -> list[Row]:
     """The suite's row 4 (`benchmarks/run.py`): 100 sentences, or 10 with ``quick``."""
     with tempfile.TemporaryDirectory() as folder:
-        engines = build(torch.get_num_threads(), Path(folder))
+        engines = build(Path(folder))
         return measure(engines, 10 if quick else SENTENCES, repeats)
 
 
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        print(profile(build(args.threads, Path(folder)), args.sentences))
+        print(profile(build(Path(folder)), args.sentences))
     return 0
 
 

@@ -77,7 +77,7 @@ def _check_resume(run_dir: Path, config: dict[str, Any], force: bool) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _, task = load_run(args.run_dir)
+    _, task = load_run(args.run_dir, overrides=args.overrides)
     metrics = evaluate_run(task, args.run_dir, args.checkpoint, args.split)
     print(json.dumps({"split": args.split, "checkpoint": args.checkpoint, **metrics}))
     return 0
@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="val", help="data split (default: val)")
     evaluate.add_argument(
         "--checkpoint", default="best", choices=["best", "last", "averaged", "ema"]
+    )
+    evaluate.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted changes for this evaluation only, e.g. decode.length_penalty=1.5 "
+        "(decoding and runtime keys)",
     )
     evaluate.set_defaults(func=_evaluate)
     average = sub.add_parser("average-checkpoints", help="average the last N checkpoints")
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `train CONFIG --run-dir D key=value`: overrides may come after the options too.
-    if args.command == "train" and all("=" in a and not a.startswith("-") for a in extra):
+    takes_overrides = args.command in ("train", "evaluate")
+    if takes_overrides and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from unitransformer.engine.checkpoint import (
     load_weights,
     read_run_config,
 )
-from unitransformer.engine.loader import config_from_dict
+from unitransformer.engine.loader import apply_overrides, config_from_dict
 from unitransformer.errors import UserError
 
 __all__ = ["TASKS", "load_run", "load_trained", "resolve_task"]
@@ -69,17 +70,21 @@ def resolve_task(name: Any, where: str = "config") -> tuple[type, type]:
     return getattr(module, config_name), getattr(module, task_name)
 
 
-def load_run(run_dir: str | Path, expect_task: str | None = None) -> tuple[Any, Any]:
+def load_run(
+    run_dir: str | Path, expect_task: str | None = None, overrides: Sequence[str] = ()
+) -> tuple[Any, Any]:
     """The saved config of a run directory and its task object (assets not loaded yet).
 
     Args:
         run_dir: A directory written by ``unitransformer train``.
         expect_task: The task a command needs (``classify`` needs image_classification);
             a run of another task is refused with a message saying so.
+        overrides: Dotted ``key=value`` changes for this use only (the run's ``config.yaml``
+            is untouched), limited to the config class's ``EVALUATE_OVERRIDES``.
 
     Raises:
-        UserError: Not a run directory, a run of another task, or a config that no longer
-            validates.
+        UserError: Not a run directory, a run of another task, a config that no longer
+            validates, or an override of a key that is not allowed.
     """
     data = read_run_config(run_dir)
     source = str(Path(run_dir) / CONFIG_FILE)
@@ -88,7 +93,11 @@ def load_run(run_dir: str | Path, expect_task: str | None = None) -> tuple[Any, 
             f"{source}: this is a {data.get('task')!r} run; the command needs a {expect_task!r} run"
         )
     config_cls, task_cls = resolve_task(data.get("task"), where=source)
-    config = config_from_dict(config_cls, data, source=source)
+    allowed = getattr(config_cls, "EVALUATE_OVERRIDES", ())
+    if overrides and not allowed:
+        raise UserError(f"{source}: a {data.get('task')!r} run takes no overrides here")
+    lines = apply_overrides(config_cls, data, overrides, allowed)
+    config = config_from_dict(config_cls, data, source=source, lines=lines)
     return config, task_cls(config)
 
 

@@ -384,3 +384,27 @@ def test_trained_run_directory_translates_and_averages(tmp_path: Path) -> None:
         assert translator.precision == "fp32", "the run's own train.precision, as evaluate"
     translator = Translator.from_pretrained(tmp_path / "run", device="cpu", precision="bf16")
     assert translator.precision == "bf16"
+
+
+def test_evaluate_overrides_change_decoding_only(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from tasks import cli
+    from unitransformer.engine.loader import config_to_dict
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(make_config(tmp_path))))
+    run = str(tmp_path / "run")
+    train = ["train", str(config), "train.max_steps=1", "train.tensorboard=false", "--run-dir", run]
+    assert cli.main(train) == 0
+    argv = ["evaluate", run, "--split", "test", "--checkpoint", "last"]
+    assert cli.main([*argv, "decode.beam=1", "decode.length_penalty=0.5"]) == 0
+    report = json.loads((tmp_path / "run" / "eval" / "test.scores.json").read_text())
+    assert report["decode"]["beam"] == 1 and report["decode"]["length_penalty"] == 0.5
+    assert "beam: 2" in (tmp_path / "run" / "config.yaml").read_text()  # the run is untouched
+    capsys.readouterr()
+    # What was trained cannot change; a misspelled key gets the closest valid one.
+    assert cli.main([*argv, "model.dim=64"]) == 2
+    assert "only these keys can be overridden here: decode, train.precision" in capsys.readouterr().err
+    assert cli.main([*argv, "decode.lenght_penalty=2"]) == 2
+    assert "did you mean 'decode.length_penalty'" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from unitransformer.engine.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
 from unitransformer.errors import UserError
@@ -238,6 +238,15 @@ class ImageClassificationConfig:
         train: The loop (steps, precision, EMA of the weights, seed).
         eval: Evaluation; picks the best checkpoint by top-1 ``accuracy`` (a fraction).
     """
+
+    # What `unitransformer evaluate RUN_DIR key=value` may change: how a model is run, never
+    # what was trained or how its inputs are prepared.
+    EVALUATE_OVERRIDES: ClassVar[tuple[str, ...]] = (
+        "data.eval_batch_size",
+        "data.num_workers",
+        "train.precision",
+        "train.device",
+    )
 
     task: str = "image_classification"
     model: ImageModelConfig = field(default_factory=ImageModelConfig)

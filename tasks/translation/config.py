@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from unitransformer.engine.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
 from unitransformer.errors import UserError
@@ -165,6 +165,10 @@ def _default_optim() -> OptimConfig:
 @dataclass
 class TranslationConfig:
     """The translation task's whole config (the ``task:`` key of a YAML picks this class)."""
+
+    # What `unitransformer evaluate RUN_DIR key=value` may change: how a model is decoded and
+    # run, never what was trained (e.g. a length penalty tuned on the validation set).
+    EVALUATE_OVERRIDES: ClassVar[tuple[str, ...]] = ("decode", "train.precision", "train.device")
 
     task: str = "translation"
     model: TranslationModelConfig = field(default_factory=TranslationModelConfig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,9 @@ class TranslationTask:
             atomic_write_bytes(
                 out / f"{name}.hyp.txt", "".join(h + "\n" for h in hypotheses).encode()
             )
-            report = {"split": name, "scores": scores, "lines": lines}
+            # The decoding settings beside the scores: `evaluate` may override them.
+            decode = asdict(self.config.decode)
+            report = {"split": name, "scores": scores, "lines": lines, "decode": decode}
             atomic_write_bytes(out / f"{name}.scores.json", json.dumps(report, indent=2).encode())
         print("\n".join(f"{name}: {line}" for line in lines), file=sys.stderr)
         return scores

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -109,11 +110,37 @@ def load_config(config_cls: type[C], path: str | Path | None, overrides: list[st
     """
     data, lines = read_yaml(path) if path is not None else ({}, {})
     source = str(path) if path is not None else "config"
-    for key, value in parse_overrides(list(overrides)):
-        _check_key(config_cls, key, f"override {key!r}")
-        _set_dotted(data, key, value)
-        lines[key] = f"override {key!r}"  # Errors in this value point at the override.
+    lines.update(apply_overrides(config_cls, data, overrides))
     return config_from_dict(config_cls, data, source=source, lines=lines)
+
+
+def apply_overrides(
+    config_cls: type, data: dict[str, Any], overrides: Sequence[str], allowed: Sequence[str] = ()
+) -> dict[str, str]:
+    """Sets dotted ``key=value`` overrides in the config mapping ``data``, in place.
+
+    Args:
+        config_cls: The dataclass ``data`` will build; every key must name one of its fields.
+        data: The mapping read from a YAML file or a run's saved config.
+        overrides: ``key=value`` strings, applied in order.
+        allowed: If given, only these keys and the keys under them may be overridden (``evaluate``
+            may change how a trained model is scored, never what was trained).
+
+    Returns:
+        Where each overridden key came from, for `config_from_dict`'s error messages.
+
+    Raises:
+        ConfigError: A malformed override, an unknown key, or a key outside ``allowed``.
+    """
+    lines = {}
+    for key, value in parse_overrides(list(overrides)):
+        where = f"override {key!r}"
+        if allowed and not any(key == a or key.startswith(f"{a}.") for a in allowed):
+            raise ConfigError(f"{where}: only these keys can be overridden here: {', '.join(allowed)}")
+        _check_key(config_cls, key, where)
+        _set_dotted(data, key, value)
+        lines[key] = where  # Errors in this value point at the override.
+    return lines
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
