@@ -279,3 +279,18 @@ def test_train_a_few_steps_then_classify_every_mode(
     args = parser.parse_args(["classify", str(run), str(bad)])
     with pytest.raises(UserError, match="notes.jpg"):
         args.func(args)
+
+
+def test_evaluate_overrides_change_how_images_are_scored_only(tmp_path: Path) -> None:
+    import yaml
+
+    from tasks.registry import load_run
+    from unitransformer.engine.loader import config_to_dict
+
+    saved = config_to_dict(ImageClassificationConfig(data=ImageDataConfig(eval_batch_size=64)))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    config, _ = load_run(tmp_path, overrides=["data.eval_batch_size=7", "train.precision=fp32"])
+    assert config.data.eval_batch_size == 7 and config.train.precision == "fp32"
+    assert "eval_batch_size: 64" in (tmp_path / "config.yaml").read_text()  # the run is untouched
+    with pytest.raises(UserError, match="only these keys can be overridden here: data.eval_batch"):
+        load_run(tmp_path, overrides=["data.image_size=64"])  # how inputs are prepared: refused
