@@ -118,6 +118,21 @@ def test_evaluate_metrics_and_confusion_png(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "classes.json").read_text()) == [str(d) for d in range(10)]
 
 
+def test_eval_hflip_averages_the_logits_of_each_image_and_its_mirror(tmp_path: Path) -> None:
+    plain = digits_task(tmp_path / "plain")
+    flipped = digits_task(tmp_path / "flip", eval_hflip=True)
+    model = plain.build_model().eval()
+    nn.init.normal_(model.head.weight)  # the head starts at zero: every logit would be 0
+    logits, labels = plain.predict_logits(model, "test")
+    with_flip, same_labels = flipped.predict_logits(model, "test")
+    assert torch.equal(labels, same_labels)
+    images, _ = plain.images("test", range(len(labels)))
+    with torch.no_grad():
+        mirrored = model(plain.preprocess(images).flip(-1)).float()
+    assert not torch.allclose(logits, mirrored, atol=1e-4)  # the model is not mirror-symmetric
+    torch.testing.assert_close(with_flip, (logits + mirrored) / 2)
+
+
 def test_resnet18_baseline_keeps_small_images_large(tmp_path: Path) -> None:
     task = digits_task(tmp_path)
     task.config.model.arch = "resnet18"
@@ -289,8 +304,10 @@ def test_evaluate_overrides_change_how_images_are_scored_only(tmp_path: Path) ->
 
     saved = config_to_dict(ImageClassificationConfig(data=ImageDataConfig(eval_batch_size=64)))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    config, _ = load_run(tmp_path, overrides=["data.eval_batch_size=7", "train.precision=fp32"])
+    overrides = ["data.eval_batch_size=7", "data.eval_hflip=true", "train.precision=fp32"]
+    config, _ = load_run(tmp_path, overrides=overrides)
     assert config.data.eval_batch_size == 7 and config.train.precision == "fp32"
+    assert config.data.eval_hflip is True
     assert "eval_batch_size: 64" in (tmp_path / "config.yaml").read_text()  # the run is untouched
     with pytest.raises(UserError, match="only these keys can be overridden here: data.eval_batch"):
         load_run(tmp_path, overrides=["data.image_size=64"])  # how inputs are prepared: refused

@@ -156,6 +156,8 @@ class ImageDataConfig:
         std: Per-channel standard deviation of the normalization.
         batch_size: Training images per batch, summed over ranks.
         eval_batch_size: Images per evaluation batch.
+        eval_hflip: At evaluation and in ``classify``, average the logits of each image and of
+            its mirror image (flip test-time augmentation; twice the inference cost).
         num_workers: Threads that decode images (0: one per CPU core).
     """
 
@@ -189,6 +191,7 @@ class ImageDataConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     batch_size: int = 128
     eval_batch_size: int = 256
+    eval_hflip: bool = False
     num_workers: int = 0
 
     def validate(self) -> None:
@@ -243,6 +246,7 @@ class ImageClassificationConfig:
     # what was trained or how its inputs are prepared.
     EVALUATE_OVERRIDES: ClassVar[tuple[str, ...]] = (
         "data.eval_batch_size",
+        "data.eval_hflip",
         "data.num_workers",
         "train.precision",
         "train.device",

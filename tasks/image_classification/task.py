@@ -218,8 +218,16 @@ class ImageClassificationTask:
         for start in range(0, len(store), step):
             images, _ = store.get(torch.arange(start, min(start + step, len(store))))
             x = eval_transform(images, self.config.data).to(device)
-            outputs.append(model(x).float().cpu())
+            outputs.append(self._logits(model, x).cpu())
         return torch.cat(outputs), store.labels
+
+    def _logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """float32 logits of normalized images ``x``, averaged with the mirror images' when
+        ``data.eval_hflip`` (the classes of photos do not change under a left-right flip)."""
+        logits = model(x).float()
+        if self.config.data.eval_hflip:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        return logits
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         """Top-1 ``accuracy`` and ``top5`` (fractions in 0..1), mean cross-entropy ``loss``,
@@ -266,7 +274,7 @@ class ImageClassificationTask:
         images = torch.stack([fit_square(decode_image(path=p), size) for p in paths])
         device = next(model.parameters()).device
         model.eval()
-        probs = model(eval_transform(images, data).to(device)).float().softmax(-1).cpu()
+        probs = self._logits(model, eval_transform(images, data).to(device)).softmax(-1).cpu()
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         names = self.class_names or []
         return [
