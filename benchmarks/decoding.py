@@ -15,10 +15,11 @@ max_decoding_length``), so a faster engine cannot win by stopping earlier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import rows as R  # noqa: E402
-from benchmarks.harness import Row, time_pair  # noqa: E402
+from benchmarks.harness import Row, time_pair, time_pair_alone  # noqa: E402
 from tasks.translation.export import export_ctranslate2  # noqa: E402
 from unitransformer.decoding import beam_search  # noqa: E402
+from unitransformer.engine.runtime import keep_freed_memory  # noqa: E402
 from unitransformer.interop import seq2seq_from_marian  # noqa: E402
 
 BEAM = 5
@@ -130,6 +132,23 @@ def ct2_translator(path: Path, quantization: str) -> Any:
     )
 
 
+@contextlib.contextmanager
+def ct2_session(
+    path: Path, quantization: str, batch: list[list[int]], vocab: list[str]
+) -> Iterator[Callable[[], list[list[int]]]]:
+    """A CTranslate2 translator's `ct2_decoder`, alive (with its thread pool) only inside.
+
+    What it yields holds the translator through a box that closing empties, so that the
+    translator and its threads are gone on exit even while the caller keeps the callable.
+    """
+    box = {"run": ct2_decoder(ct2_translator(path, quantization), batch, vocab)}
+    try:
+        yield lambda: box["run"]()
+    finally:
+        box.clear()
+        gc.collect()
+
+
 def lengths(outputs: list[list[int]]) -> str:
     """The shortest and longest output: proof that no engine stopped early."""
     sizes = [len(tokens) for tokens in outputs]
@@ -139,8 +158,9 @@ def lengths(outputs: list[list[int]]) -> str:
 def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
     """The rows: ours (float32, and each library's default path) against each peer.
 
-    A CTranslate2 translator lives only while its own rows run: a live one keeps a thread pool
-    that measurably slows whatever shares the cores with it (RESULTS.md, row 4's notes).
+    A CTranslate2 translator exists only for its own timed run, and our OpenMP pool is ended
+    before it (`time_pair_alone`): two live pools on two cores make libgomp put both sides'
+    workers to sleep between parallel regions (RESULTS.md, row 4's notes).
     """
     batch = sources(count)
     src = padded(batch)
@@ -151,28 +171,33 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
         "ours default path": ours_decoder(engines["ours"], src, bf16=R.default_bf16()),
     }
     rows: dict[tuple[str, str], Row] = {}
+    hf = hf_decoder(engines["marian"], src)
     for peer_name in ("HF generate fp32", "CTranslate2 float32", "CTranslate2 int8"):
-        translator = None
-        if peer_name == "HF generate fp32":
-            peer = hf_decoder(engines["marian"], src)
-        else:
-            quantization = peer_name.split()[-1]
-            translator = ct2_translator(engines[quantization], quantization)
-            peer = ct2_decoder(translator, batch, engines["vocab"])
+        is_hf = peer_name == "HF generate fp32"  # torch's own pool: nothing to keep apart
+
+        def open_peer(
+            q: str = peer_name.split()[-1], is_hf: bool = is_hf
+        ) -> contextlib.AbstractContextManager:
+            if is_hf:
+                return contextlib.nullcontext(hf)
+            return ct2_session(engines[q], q, batch, engines["vocab"])
+
         for path, run in ours.items():
-            ours_s, peer_s = time_pair(run, peer, repeats)
+            if is_hf:
+                ours_s, peer_s = time_pair(run, hf, repeats)
+            else:
+                ours_s, peer_s = time_pair_alone(run, open_peer, repeats)
             name = f"beam search, beam {BEAM}, {count} sentences, {path}"
             row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
             if path == "fp32":
                 # Best hypotheses are not compared: at the forced end ours ranks with the eos
                 # log-prob, the peers with that of a last regular token (tests/test_export.py
                 # compares searches).
-                row.notes["output length"] = f"ours {lengths(run())}, peer {lengths(peer())}"
+                with open_peer() as peer:
+                    row.notes["output length"] = f"ours {lengths(run())}, peer {lengths(peer())}"
             else:
                 row.notes["ours"] = "bf16 autocast" if R.default_bf16() else "fp32"
             rows[path, peer_name] = row
-        del peer, translator
-        gc.collect()
     return [rows[key] for key in sorted(rows, key=lambda key: list(ours).index(key[0]))]
 
 
@@ -202,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=SENTENCES)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the command line does
     with tempfile.TemporaryDirectory() as folder:
         print(profile(build(Path(folder)), args.sentences))
     return 0

@@ -7,6 +7,8 @@ caches hit both equally. The ratio is peer time over our time: above 1 means we 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import platform
 import resource
@@ -14,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,9 @@ __all__ = [
     "machine_description",
     "matmul_peak_flops",
     "peak_rss_mib",
+    "release_openmp_threads",
     "time_pair",
+    "time_pair_alone",
     "write_section",
 ]
 
@@ -95,6 +99,60 @@ def time_pair(
         peer()
         peer_times.append(time.perf_counter() - start)
     return statistics.median(ours_times), statistics.median(peer_times)
+
+
+def release_openmp_threads() -> None:
+    """Ends the calling thread's OpenMP thread pool (``omp_pause_resource_all``, OpenMP 5.0).
+
+    libgomp shortens its workers' spin-wait from 300,000 to 100 iterations once the process
+    holds more OpenMP threads than it has cores, so that workers sleep between parallel
+    regions. A peer that runs its own thread pool (CTranslate2's translator threads each own
+    one) thus slows ours merely by existing, and ours slows it: 138 -> 98 sentences/s in
+    row 4 with one idle second pool (RESULTS.md). The next parallel region starts a new pool.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # no libgomp: nothing to release
+        ctypes.CDLL("libgomp.so.1").omp_pause_resource_all(1)  # omp_pause_hard
+
+
+def time_pair_alone(
+    ours: Callable[[], object],
+    open_peer: Callable[[], contextlib.AbstractContextManager[Callable[[], object]]],
+    repeats: int = 5,
+    warmup: int = 2,
+) -> tuple[float, float]:
+    """`time_pair` for a peer with thread pools of its own: each side runs with the only pool.
+
+    Each peer run gets a fresh peer from ``open_peer()`` (entered, then our OpenMP pool ended
+    by `release_openmp_threads`, warmed up by one call, timed) whose pools end when it is
+    closed, before our next run. Building and warming are untimed.
+    """
+    for _ in range(warmup):
+        ours()
+    with _peer_alone(open_peer) as peer:
+        for _ in range(warmup - 1):
+            peer()
+    ours_times, peer_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours()
+        ours_times.append(time.perf_counter() - start)
+        with _peer_alone(open_peer) as peer:
+            start = time.perf_counter()
+            peer()
+            peer_times.append(time.perf_counter() - start)
+    return statistics.median(ours_times), statistics.median(peer_times)
+
+
+@contextlib.contextmanager
+def _peer_alone(
+    open_peer: Callable[[], contextlib.AbstractContextManager[Callable[[], object]]],
+) -> Iterator[Callable[[], object]]:
+    """A fresh peer, warmed up by one call, with the calling thread's OpenMP pool ended after
+    building it (CTranslate2 loads a model with parallel regions on the calling thread)."""
+    with open_peer() as peer:
+        release_openmp_threads()
+        peer()
+        yield peer
 
 
 def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:

@@ -34,6 +34,7 @@ from benchmarks.harness import (  # noqa: E402
     time_pair,
     write_section,
 )
+from unitransformer.engine.runtime import keep_freed_memory  # noqa: E402
 
 
 def attention_rows(repeats: int, quick: bool) -> list[Row]:
@@ -194,6 +195,8 @@ SUITES: dict[str, Callable[[int, bool], list[Row]]] = {
 def _suite_rows(name: str, repeats: int, quick: bool, threads: int) -> list[Row]:
     """One group of rows, run in the fresh process that `run_suite` starts."""
     torch.set_num_threads(threads)
+    # As `unitransformer` commands do; process-wide, so the peers get the same malloc.
+    keep_freed_memory()
     return SUITES[name](repeats, quick)
 
 

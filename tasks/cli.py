@@ -28,6 +28,7 @@ from unitransformer.engine import (
 )
 from unitransformer.engine.checkpoint import checkpoint_dirs
 from unitransformer.engine.loader import read_yaml
+from unitransformer.engine.runtime import keep_freed_memory
 from unitransformer.errors import UserError
 
 __all__ = ["build_parser", "main"]
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    keep_freed_memory()  # Steps reuse freed pages instead of faulting fresh ones (1.4x beam).
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -80,3 +80,47 @@ def test_only_a_full_run_rewrites_results(monkeypatch, capsys):
     ((table, command, repeats, threads),) = written
     assert command == "python benchmarks/run.py --repeats 7" and (repeats, threads) == (7, 2)
     assert table.count("| 2.00x |") == len(suite.SUITES)  # every group's row, one table
+
+
+def test_time_pair_alone_builds_a_fresh_peer_for_each_run_after_ending_our_pool(monkeypatch):
+    import contextlib
+
+    from benchmarks import harness
+
+    events: list[str] = []
+    monkeypatch.setattr(harness, "release_openmp_threads", lambda: events.append("release"))
+
+    @contextlib.contextmanager
+    def open_peer():
+        events.append("open")
+        yield lambda: events.append("peer")
+        events.append("close")
+
+    ours_s, peer_s = harness.time_pair_alone(lambda: events.append("ours"), open_peer, 3, 2)
+    assert ours_s >= 0 and peer_s >= 0
+    session = ["open", "release", "peer", "peer", "close"]  # warmed up by one call, then timed
+    timed = ["ours", *session]
+    assert events == ["ours", "ours", *session, *timed * 3]
+
+
+def test_release_openmp_threads_ends_the_pool_of_the_calling_thread():
+    import subprocess
+
+    # In a fresh process, so that no other test's threads are counted.
+    script = """
+import os, time, torch
+torch.set_num_threads(2)
+from benchmarks.harness import release_openmp_threads
+x = torch.randn(512, 512); (x @ x).sum()
+torch.ones(1 << 20).exp_()
+with_pool = len(os.listdir("/proc/self/task"))
+release_openmp_threads(); time.sleep(0.2)
+print(with_pool, len(os.listdir("/proc/self/task")))
+"""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("counts threads in /proc (Linux)")
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    with_pool, after = map(int, out)
+    assert after < with_pool  # the OpenMP worker is gone; the next parallel region makes one

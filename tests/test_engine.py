@@ -324,3 +324,33 @@ def test_progress_eta_counts_from_the_first_line_not_from_start_up(monkeypatch, 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     # 100 steps in the last 10 s: 800 steps to go take 80 s (from the start: 440 s).
     assert last.endswith("eta 0:01:20"), last
+
+
+def test_keep_freed_memory_reuses_freed_pages_instead_of_faulting_new_ones():
+    # In a fresh process: the setting is process-wide. 48 MiB is above glibc's largest dynamic
+    # mmap threshold (32 MiB), so by default every such tensor is a fresh mapping that faults
+    # in all of its 12,288 pages; once freed memory is kept, the same pages are reused.
+    script = """
+import resource, torch
+from unitransformer.engine.runtime import keep_freed_memory
+def faults():
+    torch.empty(12 * 2**20).fill_(1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(12 * 2**20).fill_(1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(faults(), keep_freed_memory(), faults())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    default, took, kept = int(out[0]), out[1], int(out[2])
+    assert took == "True"
+    assert default >= 5 * 12_288 and kept < default / 10
+    # A user's own malloc tuning in the environment wins.
+    env["MALLOC_ARENA_MAX"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    assert out[1] == "False"

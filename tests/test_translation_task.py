@@ -405,6 +405,8 @@ def test_evaluate_overrides_change_decoding_only(tmp_path: Path, capsys) -> None
     capsys.readouterr()
     # What was trained cannot change; a misspelled key gets the closest valid one.
     assert cli.main([*argv, "model.dim=64"]) == 2
-    assert "only these keys can be overridden here: decode, train.precision" in capsys.readouterr().err
+    assert (
+        "only these keys can be overridden here: decode, train.precision" in capsys.readouterr().err
+    )
     assert cli.main([*argv, "decode.lenght_penalty=2"]) == 2
     assert "did you mean 'decode.length_penalty'" in capsys.readouterr().err

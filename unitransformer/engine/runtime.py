@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "check_precision",
     "evaluate_run",
     "fast_bf16",
+    "keep_freed_memory",
     "move_to",
     "resolve_precision",
     "seed_everything",
@@ -40,6 +43,40 @@ def seed_everything(seed: int, deterministic: bool, num_threads: int = 0) -> Non
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+
+
+# glibc's mallopt() parameters (<malloc.h>).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(limit_mib: int = 1024) -> bool:
+    """Makes glibc's malloc keep freed blocks of up to ``limit_mib`` MiB for reuse.
+
+    By default glibc serves each block above a threshold (dynamic, at most 32 MiB) with a fresh
+    ``mmap`` and hands memory freed at the top of the heap back to the kernel, so the tensors a
+    training or decoding step frees and allocates again come back as new pages that fault on
+    first touch: in row 4 of the benchmarks (beam 5, 100 sentences), 227,000 minor faults and a
+    fifth of the wall time in the kernel per search, and 1.4x the speed without them. The
+    setting is process-wide, like the jemalloc or tcmalloc that PyTorch's CPU tuning guide
+    preloads; the command line calls this, library users may. It leaves the process holding
+    its peak memory. Skipped when the user tunes malloc through the environment.
+
+    Returns:
+        Whether the settings took (False off glibc, or when the environment tunes malloc).
+    """
+    if not sys.platform.startswith("linux") or limit_mib <= 0:
+        return False
+    if any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get(
+        "GLIBC_TUNABLES", ""
+    ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    limit = min(limit_mib, 2047) * 2**20  # a C int
+    trim = mallopt(_M_TRIM_THRESHOLD, limit)
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit) and trim)
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
