@@ -180,6 +180,9 @@ def test_bf16_cpu_math_path_matches_the_fp32_reference(causal):
     low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
     assert _cpu_math_is_faster(low[0], 6, 0.0) and not _cpu_math_is_faster(q, 6, 0.0)
     assert not _cpu_math_is_faster(low[0], CPU_MATH_MAX_KEYS + 1, 0.0)
+    # Inference: several queries go to SDPA's flash forward, one query (decoding) stays.
+    assert not _cpu_math_is_faster(low[0], 6, 0.0, backward=False)
+    assert _cpu_math_is_faster(low[0][:, :, :1], 6, 0.0, backward=False)
     out = scaled_dot_product_attention(*low, padding, causal)
     expected, _ = attention_reference(q, k, v, padding, causal)
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=0)

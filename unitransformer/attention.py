@@ -71,7 +71,8 @@ def scaled_dot_product_attention(
         ``[B, H, T, Dh]``. A query whose keys are all masked gets zeros, never NaN.
     """
     q_len, k_len = q.shape[-2], k.shape[-2]
-    if _cpu_math_is_faster(q, k_len, dropout_p):
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if _cpu_math_is_faster(q, k_len, dropout_p, backward):
         return _attention_math(q, k, v, key_padding_mask, causal, dropout_p)
     if key_padding_mask is None and (not causal or q_len == 1 or q_len == k_len):
         # Let SDPA pick its fastest kernel: no materialized mask at all.
@@ -94,7 +95,7 @@ CPU_MATH_MAX_KEYS = 256
 CPU_BMM_LOOP_LIMIT = 400
 
 
-def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float) -> bool:
+def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float, backward: bool = True) -> bool:
     """Whether `_attention_math` beats ``F.scaled_dot_product_attention`` for this call.
 
     Measured with torch 2.14 on 2 cores (``benchmarks/RESULTS.md``, attention rows):
@@ -102,7 +103,9 @@ def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float) -> bool:
       which draws a Bernoulli sample per probability. Ours uses the cheap `dropout`.
     - In bf16 the CPU flash kernel's backward is 3-11x slower than in fp32 (B=64, H=8,
       T=20: 54 ms against 5 ms for two bf16 matmuls around an fp32 softmax), and its forward
-      loses up to 256 keys too. Beyond that the quadratic score matrix costs more than it saves.
+      loses up to 256 keys too on AMD EPYC. Beyond that the quadratic score matrix costs more
+      than it saves. Without a ``backward`` to follow, several queries go to flash: on an
+      Intel Xeon with AMX its bf16 forward is the faster one (ViT inference, 65 keys: 1.09x).
     - One query against a cache (incremental decoding): the fp32 flash kernel takes 1.5-2.5x
       as long as two MKL batched matmuls (500 rows, 8 heads of 32, 16-600 keys), unless the
       products are small enough for ATen's plain bmm loop (`CPU_BMM_LOOP_LIMIT`).
@@ -112,7 +115,7 @@ def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float) -> bool:
     if dropout_p > 0.0:
         return True
     if q.dtype in (torch.bfloat16, torch.float16):
-        return k_len <= CPU_MATH_MAX_KEYS
+        return k_len <= CPU_MATH_MAX_KEYS and (backward or q.shape[-2] == 1)
     return q.shape[-2] == 1 and k_len * q.shape[-1] >= CPU_BMM_LOOP_LIMIT
 
 

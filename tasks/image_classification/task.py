@@ -223,7 +223,8 @@ class ImageClassificationTask:
 
     def _logits(self, model: nn.Module, x: Tensor) -> Tensor:
         """float32 logits of normalized images ``x``, averaged with the mirror images' when
-        ``data.eval_hflip`` (the classes of photos do not change under a left-right flip)."""
+        ``data.eval_hflip`` (the classes of photos do not change under a left-right flip).
+        """
         logits = model(x).float()
         if self.config.data.eval_hflip:
             logits = (logits + model(x.flip(-1)).float()) / 2

@@ -136,7 +136,9 @@ def apply_overrides(
     for key, value in parse_overrides(list(overrides)):
         where = f"override {key!r}"
         if allowed and not any(key == a or key.startswith(f"{a}.") for a in allowed):
-            raise ConfigError(f"{where}: only these keys can be overridden here: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{where}: only these keys can be overridden here: {', '.join(allowed)}"
+            )
         _check_key(config_cls, key, where)
         _set_dotted(data, key, value)
         lines[key] = where  # Errors in this value point at the override.
