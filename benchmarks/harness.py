@@ -92,13 +92,16 @@ def time_pair(
         peer()
     ours_times, peer_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        ours()
-        ours_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        peer()
-        peer_times.append(time.perf_counter() - start)
+        ours_times.append(_seconds(ours))
+        peer_times.append(_seconds(peer))
     return statistics.median(ours_times), statistics.median(peer_times)
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def release_openmp_threads() -> None:
@@ -133,13 +136,9 @@ def time_pair_alone(
             peer()
     ours_times, peer_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        ours()
-        ours_times.append(time.perf_counter() - start)
+        ours_times.append(_seconds(ours))
         with _peer_alone(open_peer) as peer:
-            start = time.perf_counter()
-            peer()
-            peer_times.append(time.perf_counter() - start)
+            peer_times.append(_seconds(peer))
     return statistics.median(ours_times), statistics.median(peer_times)
 
 
