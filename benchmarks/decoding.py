@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import sys
 import tempfile
@@ -172,18 +173,19 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
     }
     rows: dict[tuple[str, str], Row] = {}
     hf = hf_decoder(engines["marian"], src)
-    for peer_name in ("HF generate fp32", "CTranslate2 float32", "CTranslate2 int8"):
-        is_hf = peer_name == "HF generate fp32"  # torch's own pool: nothing to keep apart
-
-        def open_peer(
-            q: str = peer_name.split()[-1], is_hf: bool = is_hf
-        ) -> contextlib.AbstractContextManager:
-            if is_hf:
-                return contextlib.nullcontext(hf)
-            return ct2_session(engines[q], q, batch, engines["vocab"])
-
+    # How each peer is opened for a run; generate shares torch's pool: nothing to keep apart.
+    peers: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+        "HF generate fp32": lambda: contextlib.nullcontext(hf),
+        **{
+            f"CTranslate2 {q}": functools.partial(
+                ct2_session, engines[q], q, batch, engines["vocab"]
+            )
+            for q in ("float32", "int8")
+        },
+    }
+    for peer_name, open_peer in peers.items():
         for path, run in ours.items():
-            if is_hf:
+            if peer_name.startswith("HF"):
                 ours_s, peer_s = time_pair(run, hf, repeats)
             else:
                 ours_s, peer_s = time_pair_alone(run, open_peer, repeats)

@@ -207,3 +207,19 @@ def test_a_single_fp32_query_takes_the_math_path_above_the_bmm_loop_limit():
     out = scaled_dot_product_attention(q, k, v, padding, causal=True)
     expected, _ = attention_reference(q, k, v, padding, causal=True)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_cpu_attention_takes_the_math_path_only_where_a_backward_follows(monkeypatch):
+    import unitransformer.attention as attention
+
+    used = []
+    math = attention._attention_math
+    monkeypatch.setattr(attention, "_attention_math", lambda *a: used.append(1) or math(*a))
+    q, k, v = (torch.randn(2, 2, 6, 16).bfloat16().requires_grad_() for _ in range(3))
+    scaled_dot_product_attention(q, k, v, None, False)
+    assert len(used) == 1  # training: the math path (flash's bf16 backward is slow)
+    with torch.no_grad():
+        out = scaled_dot_product_attention(q, k, v, None, False)
+    assert len(used) == 1  # inference: SDPA's flash forward
+    expected, _ = attention_reference(q.float(), k.float(), v.float(), None, False)
+    torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=0)

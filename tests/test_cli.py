@@ -154,3 +154,11 @@ def test_evaluate_overrides_need_a_task_that_allows_them(tmp_path, capsys):
     assert cli.main(["train", _config(tmp_path), "train.max_steps=1", "--run-dir", run]) == 0
     assert cli.main(["evaluate", run, "optim.lr=0.5"]) == 2
     assert "'toy' run takes no overrides" in _error_line(capsys)
+
+
+def test_every_command_keeps_freed_memory_before_it_runs(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(cli, "_evaluate", lambda args: calls.append("evaluate") or 0)
+    assert cli.main(["evaluate", str(tmp_path)]) == 0
+    assert calls == ["kept", "evaluate"]  # the command's tensors reuse pages from the start
