@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +27,7 @@ from unitransformer.engine import (
     load_weights,
     monitor,
 )
+from unitransformer.engine import trainer as trainer_module
 from unitransformer.engine.checkpoint import checkpoint_dirs, load_state, load_tensors, read_best
 from unitransformer.engine.monitor import Progress
 from unitransformer.engine.optim import EMA, lr_factor
@@ -91,6 +94,39 @@ def test_schedules_warm_up_then_follow_their_shape():
     assert lr_factor(15, inverse, 100) == pytest.approx(0.5)  # sqrt(4 / 16)
     constant = ScheduleConfig("constant", warmup_steps=2)
     assert [lr_factor(s, constant, 10) for s in (0, 1, 9)] == [0.5, 1.0, 1.0]
+
+
+def test_a_time_budget_moves_the_cosine_when_it_runs_ahead_of_the_steps():
+    cosine = ScheduleConfig("cosine", warmup_steps=4, min_lr_ratio=0.1)
+    # Step 6 of 104 is 2% into the decay; half the time budget spent puts it halfway.
+    assert lr_factor(6, cosine, 104, time_fraction=0.5) == pytest.approx(0.55)
+    assert lr_factor(54, cosine, 104, time_fraction=0.1) == pytest.approx(0.55)  # steps lead
+    assert lr_factor(6, cosine, 104, time_fraction=3.0) == pytest.approx(0.1)  # past the end
+    assert lr_factor(1, cosine, 104, time_fraction=0.9) == 0.5  # warmup counts steps only
+
+
+def test_a_time_budget_stops_training_decays_the_lr_and_sums_over_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    # A clock that moves 10 ms each time the trainer reads it: a loaded machine cannot blur it.
+    ticks = itertools.count()
+    fake = SimpleNamespace(perf_counter=lambda: next(ticks) * 0.01)
+    monkeypatch.setattr(trainer_module, "time", fake)
+    steps = ["train.max_steps=1000", "optim.lr=0.01"]
+    first = _train(tmp_path, *steps, "train.max_seconds=1")
+    assert 5 <= first["step"] < 1000 and "time budget reached" in first["stopped"]
+    assert first["train_seconds"] >= 1
+    assert checkpoint_dirs(tmp_path)[-1].name == f"step_{first['step']:08d}"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["split"] == "train"]
+    # Step-wise, 1000 steps would keep the lr near its peak; the clock has nearly ended it.
+    assert lr_factor(first["step"] - 1, _config(*steps).schedule, 1000) > 0.99
+    assert lrs[-1] < 0.1 * 0.01 and lrs[2:] == sorted(lrs[2:], reverse=True)
+    capsys.readouterr()
+    again = _train(tmp_path, *steps, "train.max_seconds=1")
+    assert again["step"] == first["step"] and "already trained" in capsys.readouterr().out
+    more = _train(tmp_path, *steps, "train.max_seconds=2")  # a larger budget resumes
+    assert more["step"] > first["step"] and more["train_seconds"] >= 2
 
 
 def test_ema_moves_towards_the_weights_by_one_minus_decay():
@@ -324,6 +360,10 @@ def test_progress_eta_counts_from_the_first_line_not_from_start_up(monkeypatch, 
     last = capsys.readouterr().out.strip().splitlines()[-1]
     # 100 steps in the last 10 s: 800 steps to go take 80 s (from the start: 440 s).
     assert last.endswith("eta 0:01:20"), last
+    progress.time_left = lambda: 30.0  # a time budget that ends before the steps do
+    clock = iter([120.0])
+    progress.update(300, 1.0, 1e-3, 50.0, print_line=True)
+    assert capsys.readouterr().out.strip().endswith("eta 0:00:30")
 
 
 def test_keep_freed_memory_reuses_freed_pages_instead_of_faulting_new_ones():

@@ -108,6 +108,11 @@ class TrainConfig:
 
     Attributes:
         max_steps: Optimizer steps to train for (the budget; epochs follow from the data).
+        max_seconds: A time budget, in ``train_seconds`` summed over resumes; 0: none. Training
+            stops at the first step past it (or at ``max_steps``, whichever comes first), and
+            the cosine schedule decays over whichever of the two runs out first, so the same
+            config fills its hours on a slow CPU and stops at ``max_steps`` on a fast GPU.
+            The learning rate then depends on the clock: runs are not bit-reproducible.
         grad_accum: Batches per optimizer step.
         precision: ``auto`` (bf16 autocast where the hardware has native bf16 matrix
             multiplies: AVX-512 BF16 or AMX CPUs, Ampere or newer GPUs; fp32 elsewhere),
@@ -127,6 +132,7 @@ class TrainConfig:
     """
 
     max_steps: int = 1000
+    max_seconds: float = 0.0
     grad_accum: int = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
@@ -146,6 +152,7 @@ class TrainConfig:
         for key in ("max_steps", "grad_accum", "log_every", "checkpoint_every", "keep_last"):
             require(self, key, getattr(self, key) >= 1, ">= 1")
         require(self, "max_nonfinite", self.max_nonfinite >= 1, ">= 1")
+        require(self, "max_seconds", self.max_seconds >= 0, ">= 0 (0: no time budget)")
         require(self, "ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 disables EMA)")
         require(self, "num_threads", self.num_threads >= 0, ">= 0 (0 keeps torch's default)")
         require(self, "seed", self.seed >= 0, ">= 0")

@@ -7,10 +7,11 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "Progress", "plot_curves"]
+__all__ = ["MetricsLog", "Progress", "format_clock", "plot_curves"]
 
 log = logging.getLogger("unitransformer")
 
@@ -107,6 +108,8 @@ class Progress:
         self.start, self.total, self.unit, self.enabled = start, total, unit, enabled
         self.t0 = time.perf_counter()
         self._origin: tuple[int, float] | None = None  # (step, time) of the first line
+        # Seconds left of a time budget (``train.max_seconds``), which may end before the steps.
+        self.time_left: Callable[[], float] | None = None
         self.bar: Any = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -134,9 +137,11 @@ class Progress:
             elapsed = now - origin_time
             rate = (step - origin_step) / elapsed if elapsed > 0 else 0.0
             eta = (self.total - step) / rate if rate > 0 else float("nan")
+            if self.time_left is not None and rate > 0:
+                eta = min(eta, max(self.time_left(), 0.0))
             print(
                 f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.3e}  "
-                f"{items_per_s:.0f} {self.unit}/s  eta {_format_seconds(eta)}",
+                f"{items_per_s:.0f} {self.unit}/s  eta {format_clock(eta)}",
                 flush=True,
             )
 
@@ -155,7 +160,8 @@ class Progress:
             self.bar.close()
 
 
-def _format_seconds(seconds: float) -> str:
+def format_clock(seconds: float) -> str:
+    """``seconds`` as ``H:MM:SS`` (``?`` for NaN or infinity: no rate measured yet)."""
     if seconds != seconds or seconds == float("inf"):  # NaN: no rate measured yet.
         return "?"
     seconds = int(seconds)

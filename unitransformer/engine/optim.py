@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,12 +65,15 @@ def _fusable(param_groups: list[dict[str, Any]]) -> bool:
     )
 
 
-def lr_factor(step: int, config: ScheduleConfig, max_steps: int) -> float:
+def lr_factor(
+    step: int, config: ScheduleConfig, max_steps: int, time_fraction: float = 0.0
+) -> float:
     """The learning rate at optimizer step ``step`` (0-based) as a fraction of the peak.
 
     Warmup is linear from ``1 / warmup`` to 1 (never exactly 0, so the first step learns).
     ``inverse_sqrt`` is Vaswani et al. 2017's schedule normalized to peak at 1;
-    ``cosine`` decays to ``min_lr_ratio`` at ``max_steps``.
+    ``cosine`` decays to ``min_lr_ratio`` at ``max_steps``, or sooner when ``time_fraction``
+    (the part of a time budget spent) runs ahead of the steps: its progress is the larger one.
     """
     warmup = config.warmup_steps
     if step < warmup:
@@ -78,17 +82,29 @@ def lr_factor(step: int, config: ScheduleConfig, max_steps: int) -> float:
         return 1.0
     if config.name == "inverse_sqrt":
         return math.sqrt(warmup / (step + 1))
-    progress = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
+    progress = min(max((step - warmup) / max(max_steps - warmup, 1), time_fraction), 1.0)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleConfig, max_steps: int
+    optimizer: torch.optim.Optimizer,
+    config: ScheduleConfig,
+    max_steps: int,
+    time_fraction: Callable[[], float] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` stepping once per optimizer step along `lr_factor`."""
+    """A `LambdaLR` stepping once per optimizer step along `lr_factor`.
+
+    Args:
+        optimizer: The optimizer whose learning rates are scaled.
+        config: The schedule.
+        max_steps: The step budget.
+        time_fraction: For a time budget, returns the part of it spent so far (read at each
+            step); None: the schedule follows the steps only.
+    """
+    spent = time_fraction or (lambda: 0.0)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config, max_steps)
+        optimizer, lambda step: lr_factor(step, config, max_steps, spent())
     )
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from unitransformer.engine import checkpoint as ckpt
 from unitransformer.engine import distributed as D
 from unitransformer.engine.loader import config_to_dict
-from unitransformer.engine.monitor import MetricsLog, Progress, plot_curves
+from unitransformer.engine.monitor import MetricsLog, Progress, format_clock, plot_curves
 from unitransformer.engine.optim import EMA, build_optimizer, build_scheduler
 from unitransformer.engine.runtime import autocast, check_precision, move_to, seed_everything
 from unitransformer.engine.task import Task, batches_from
@@ -75,10 +75,11 @@ class Trainer:
         self.state = LoopState()
         self.stop_reason = ""
         self._saved_step = self._evaluated_step = -1
+        self._spent = 0.0  # the part of train.max_seconds used, agreed by all ranks
         self._clock = time.perf_counter()
 
     def fit(self) -> dict[str, Any]:
-        """Trains to ``train.max_steps`` (or early stopping) and returns a summary.
+        """Trains to ``train.max_steps``, ``train.max_seconds`` or early stopping; a summary.
 
         Raises:
             UserError: Unwritable run directory, bad device or precision, bad metric name.
@@ -87,7 +88,8 @@ class Trainer:
         self._clock = time.perf_counter()
         self._setup()
         try:
-            if self.state.step >= self.tc.max_steps:
+            spent = self.state.train_seconds  # the checkpoint's: the same on every rank
+            if self.state.step >= self.tc.max_steps or self._out_of_time(spent):
                 self.progress.message(f"{self.run_dir}: already trained to step {self.state.step}")
                 return self._summary()
             self._loop()
@@ -124,6 +126,8 @@ class Trainer:
         )
         unit = getattr(self.task, "item_name", "items")
         self.progress = Progress(self.state.step, tc.max_steps, unit, enabled=self.is_main)
+        if tc.max_seconds:
+            self.progress.time_left = lambda: tc.max_seconds - self.state.train_seconds
 
     def _prepare_task(self) -> None:
         # Rank 0 builds the assets (e.g. trains the tokenizer); the others then load them.
@@ -145,7 +149,8 @@ class Trainer:
         self.wrapped = D.wrap_model(self.model, self.device, self.dist, tc.fsdp)
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
         self.optimizer = build_optimizer(groups, self.config.optim)
-        self.scheduler = build_scheduler(self.optimizer, self.config.schedule, tc.max_steps)
+        spent = (lambda: self._spent) if tc.max_seconds else None
+        self.scheduler = build_scheduler(self.optimizer, self.config.schedule, tc.max_steps, spent)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         if found is not None:
@@ -212,6 +217,11 @@ class Trainer:
             else:
                 self.progress.update(self.state.step, values["loss"], values["lr"], 0.0, False)
             self._after_step()
+            if self._out_of_time(self._spent * self.tc.max_seconds):
+                self.stop_reason = (
+                    f"time budget reached at step {self.state.step}: "
+                    f"train.max_seconds={self.tc.max_seconds:g}"
+                )
 
     def _train_step(self, stream: Iterator[Any]) -> tuple[int, dict[str, float]] | None:
         """One optimizer step over ``grad_accum`` batches; None if it was skipped (NaN/Inf)."""
@@ -240,6 +250,8 @@ class Trainer:
         self.state.nonfinite = 0
         grad_norm = self._optimizer_step()
         lr = self.scheduler.get_last_lr()[0]
+        if self.tc.max_seconds:  # The slowest rank's clock, so that all stop at the same step.
+            self._spent = D.all_reduce_max(self._tick(), self.device) / self.tc.max_seconds
         self.scheduler.step()
         self.state.step += 1
         return items, {"loss": float(total), "lr": lr, "grad_norm": grad_norm, **logs}
@@ -312,7 +324,7 @@ class Trainer:
         if self.is_main:
             self.metrics.write(s.step, "val", metrics)
             shown = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
-            elapsed = _clock_text(self._tick())
+            elapsed = format_clock(self._tick())
             self.progress.message(f"step {s.step} val: {shown}  ({elapsed} of training)")
         better = s.best_value is None or (
             value > s.best_value if self.ec.mode == "max" else value < s.best_value
@@ -369,6 +381,9 @@ class Trainer:
         if self.is_main:
             plot_curves(self.run_dir)
 
+    def _out_of_time(self, seconds: float) -> bool:
+        return bool(self.tc.max_seconds) and seconds >= self.tc.max_seconds
+
     def _tick(self) -> float:
         """Adds the time since the last tick to ``train_seconds`` and returns the total."""
         now = time.perf_counter()
@@ -385,9 +400,3 @@ class Trainer:
             "stopped": self.stop_reason or None,
             "train_seconds": round(self._tick(), 1),
         }
-
-
-def _clock_text(seconds: float) -> str:
-    """``seconds`` as ``H:MM:SS``."""
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
