@@ -112,6 +112,8 @@ def test_out_of_range_names_key_value_and_allowed(tmp_path):
         load_config(ToyConfig, None, ["train.grad_accum=0"])
     with pytest.raises(ConfigError, match=r"schedule.warmup_steps=0 .*for inverse_sqrt"):
         load_config(ToyConfig, None, ["schedule.name=inverse_sqrt"])
+    with pytest.raises(ConfigError, match=r"train.max_seconds=-1.0 .*expected >= 0"):
+        load_config(ToyConfig, None, ["train.max_seconds=-1"])
     with pytest.raises(ConfigError, match=r"data.batch_size=0 .*expected >= 1"):
         load_config(ToyConfig, None, ["data.batch_size=0"])  # A task's own range check.
 

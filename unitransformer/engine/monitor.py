@@ -162,7 +162,7 @@ class Progress:
 
 def format_clock(seconds: float) -> str:
     """``seconds`` as ``H:MM:SS`` (``?`` for NaN or infinity: no rate measured yet)."""
-    if seconds != seconds or seconds == float("inf"):  # NaN: no rate measured yet.
+    if seconds != seconds or seconds == float("inf"):
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
