@@ -1,15 +1,20 @@
 """A tiny task for the engine's tests: a 2-layer `Encoder` classifying random fixed sequences.
 
 Run as a script it trains (optionally under a launcher's RANK/WORLD_SIZE environment):
-``python tests/engine_toy.py RUN_DIR [key=value ...]``.
+``python tests/engine_toy.py RUN_DIR [key=value ...]``. With ``TOY_CLOCK_TICK=S`` in the
+environment the trainer's clock is fake: it moves ``S * (RANK + 1)`` seconds each time it is read,
+so ranks disagree about the time by a known factor.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -131,7 +136,16 @@ class ToyTask:
         ]
 
 
+def _fake_clock(tick: float) -> None:
+    from unitransformer.engine import trainer
+
+    ticks, rate = itertools.count(), tick * (int(os.environ.get("RANK", "0")) + 1)
+    trainer.time = SimpleNamespace(perf_counter=lambda: next(ticks) * rate)
+
+
 def main(argv: list[str]) -> int:
+    if os.environ.get("TOY_CLOCK_TICK"):
+        _fake_clock(float(os.environ["TOY_CLOCK_TICK"]))
     config = load_config(ToyConfig, None, argv[1:])
     Trainer(ToyTask(config), config, argv[0]).fit()
     return 0

@@ -318,6 +318,27 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path,
     assert len(moments) == len(single)
 
 
+@pytest.mark.slow
+def test_ranks_with_different_clocks_stop_at_the_same_step_of_a_time_budget(tmp_path):
+    # Rank 1's fake clock runs twice as fast as rank 0's. Were each rank to stop on its own
+    # clock, rank 0 would wait forever in the next step's all-reduce for rank 1.
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    steps = ["train.max_steps=1000", "train.max_seconds=1"]
+    ranks = [
+        _toy_process(tmp_path, steps, RANK=str(r), LOCAL_RANK=str(r), TOY_CLOCK_TICK="0.01", **env)
+        for r in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=120)[0].decode() for p in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+    for process, output in zip(ranks, outputs, strict=True):
+        assert process.returncode == 0, output
+    stop = int(outputs[0].split("time budget reached at step ")[1].split(":")[0])
+    assert 2 <= stop < 1000 and checkpoint_dirs(tmp_path)[-1].name == f"step_{stop:08d}"
+
+
 def test_the_engine_imports_nothing_from_tasks():
     code = (
         "import sys, unitransformer.engine\n"

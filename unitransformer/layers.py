@@ -52,8 +52,9 @@ class DropPath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.p == 0.0 or not self.training:
             return x
+        # The per-sample mask is scaled, not the activation: one full-size product, not two.
         keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
+        return x * keep.div_(1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
