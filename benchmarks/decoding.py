@@ -30,14 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import rows as R  # noqa: E402
 from benchmarks.harness import Row, time_pair, time_pair_alone  # noqa: E402
+from benchmarks.shapes import DECODING  # noqa: E402
 from tasks.translation.export import export_ctranslate2  # noqa: E402
 from unitransformer.decoding import beam_search  # noqa: E402
 from unitransformer.engine.runtime import keep_freed_memory  # noqa: E402
 from unitransformer.interop import seq2seq_from_marian  # noqa: E402
 
-BEAM = 5
-SENTENCES = 100
-OUTPUT_TOKENS = 24  # tokens before the forced eos: OUTPUT_TOKENS + 1 decoder steps
 SOURCE_LENGTHS = (12, 28)
 SPECIALS = {0: "<pad>", 1: "<s>", 2: "</s>", 3: "<unk>"}  # row 3's Marian ids: pad, start, eos
 
@@ -62,13 +60,13 @@ def padded(batch: list[list[int]], pad: int = 0) -> torch.Tensor:
 
 
 def ours_decoder(model: torch.nn.Module, src: torch.Tensor, bf16: bool = False) -> Callable:
-    """Our `beam_search`: ``OUTPUT_TOKENS`` tokens, then the eos that the limit forces."""
+    """Our `beam_search`: ``output_tokens`` tokens, then the eos that the limit forces."""
+    beam, n = DECODING["beam"], DECODING["output_tokens"]
 
     def run() -> list[list[int]]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             found = beam_search(
-                model, src, BEAM, length_penalty=1.0, min_len=OUTPUT_TOKENS,
-                max_len_a=0, max_len_b=OUTPUT_TOKENS,
+                model, src, beam, length_penalty=1.0, min_len=n, max_len_a=0, max_len_b=n,
             )  # fmt: skip
         return [hyps[0].tokens for hyps in found]
 
@@ -76,32 +74,34 @@ def ours_decoder(model: torch.nn.Module, src: torch.Tensor, bf16: bool = False) 
 
 
 def hf_decoder(marian: torch.nn.Module, src: torch.Tensor) -> Callable:
-    """Hugging Face ``generate``: ``OUTPUT_TOKENS + 1`` tokens, eos never allowed."""
+    """Hugging Face ``generate``: ``output_tokens + 1`` tokens, eos never allowed."""
+    beam, n = DECODING["beam"], DECODING["output_tokens"]
     mask = src.ne(0).long()
 
     def run() -> list[list[int]]:
         with torch.inference_mode():
             out = marian.generate(
-                input_ids=src, attention_mask=mask, num_beams=BEAM, do_sample=False,
-                max_new_tokens=OUTPUT_TOKENS + 1, min_new_tokens=OUTPUT_TOKENS + 1,
+                input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
+                max_new_tokens=n + 1, min_new_tokens=n + 1,
                 length_penalty=1.0, suppress_tokens=[0, 1],
             )  # fmt: skip
-        return [row[1 : OUTPUT_TOKENS + 1] for row in out.tolist()]  # drop the start token
+        return [row[1 : n + 1] for row in out.tolist()]  # drop the start token
 
     return run
 
 
 def ct2_decoder(translator: Any, batch: list[list[int]], vocab: list[str]) -> Callable:
-    """CTranslate2's ``translate_batch``: ``OUTPUT_TOKENS + 1`` decoder steps, eos never allowed."""
+    """CTranslate2's ``translate_batch``: ``output_tokens + 1`` decoder steps, eos never allowed."""
+    beam, n = DECODING["beam"], DECODING["output_tokens"]
     tokens = [[vocab[i] for i in s[:-1]] for s in batch]  # it appends eos itself
     index = {token: i for i, token in enumerate(vocab)}
 
     def run() -> list[list[int]]:
         results = translator.translate_batch(
-            tokens, beam_size=BEAM, length_penalty=1.0, max_batch_size=0,
-            max_decoding_length=OUTPUT_TOKENS + 1, min_decoding_length=OUTPUT_TOKENS + 1,
+            tokens, beam_size=beam, length_penalty=1.0, max_batch_size=0,
+            max_decoding_length=n + 1, min_decoding_length=n + 1,
         )  # fmt: skip
-        return [[index[t] for t in r.hypotheses[0][:OUTPUT_TOKENS]] for r in results]
+        return [[index[t] for t in r.hypotheses[0][:n]] for r in results]
 
     return run
 
@@ -189,7 +189,7 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
                 ours_s, peer_s = time_pair(run, hf, repeats)
             else:
                 ours_s, peer_s = time_pair_alone(run, open_peer, repeats)
-            name = f"beam search, beam {BEAM}, {count} sentences, {path}"
+            name = f"beam search, beam {DECODING['beam']}, {count} sentences, {path}"
             row = Row(name, peer_name, ours_s, peer_s, count, "sentences")
             if path == "fp32":
                 # Best hypotheses are not compared: at the forced end ours ranks with the eos
@@ -204,10 +204,10 @@ def measure(engines: dict[str, Any], count: int, repeats: int) -> list[Row]:
 
 
 def decoding_rows(repeats: int, quick: bool) -> list[Row]:
-    """The suite's row 4 (`benchmarks/run.py`): 100 sentences, or 10 with ``quick``."""
+    """The suite's row 4 (`benchmarks/run.py`): ``DECODING["sentences"]`` (10 with ``--quick``)."""
     with tempfile.TemporaryDirectory() as folder:
         engines = build(Path(folder))
-        return measure(engines, 10 if quick else SENTENCES, repeats)
+        return measure(engines, DECODING["sentences"], repeats)
 
 
 def profile(engines: dict[str, Any], count: int) -> str:
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     """Prints where one of our beam searches spends its time (the rows are `decoding_rows`)."""
     parser = argparse.ArgumentParser(description="Profile of our beam search (row 4's model).")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sentences", type=int, default=SENTENCES)
+    parser.add_argument("--sentences", type=int, default=DECODING["sentences"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the command line does

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.shapes import SEQ2SEQ, VIT
 from unitransformer import (
     Attention,
     Seq2SeqConfig,
@@ -15,11 +16,6 @@ from unitransformer import (
     VisionTransformer,
     ViTConfig,
 )
-
-# Row 2's ViT: 32x32 images, patch 4 (64 patches + class token), d=192, depth 6, 3 heads, MLP 768.
-VIT = dict(image_size=32, patch_size=4, dim=192, depth=6, num_heads=3, mlp_ratio=4.0, classes=10)
-# Row 3's translation model: d=256, 3+3 layers, 8 heads, FFN 1024, vocab 8,000.
-SEQ2SEQ = dict(dim=256, layers=3, heads=8, ffn=1024, vocab=8000, batch=64, length=20)
 
 
 def ours_vit() -> nn.Module:

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py                 # all rows, then RESULTS.md
     .venv/bin/python benchmarks/run.py --rows vit      # some rows, printed only
     .venv/bin/python benchmarks/run.py --quick         # 1 repeat, small shapes: a smoke run
+    .venv/bin/python benchmarks/run.py --rows vit --set vit.dim=384 vit.num_heads=6  # own shapes
 
 Every row runs ours and the peer in one process, same shapes, dtype and threads, alternating,
 median of the repeats after warm-up. Ratio = peer time / our time (above 1: we are faster).
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import rows as R  # noqa: E402
+from benchmarks import shapes  # noqa: E402
 from benchmarks.decoding import decoding_rows  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     Row,
@@ -38,9 +40,9 @@ from unitransformer.engine.runtime import keep_freed_memory  # noqa: E402
 
 
 def attention_rows(repeats: int, quick: bool) -> list[Row]:
-    shapes = [(192, 3, 128, 65), (512, 8, 16, 512)] if not quick else [(64, 2, 8, 17)]
     out = []
-    for dim, heads, batch, length in shapes:
+    for shape in shapes.ATTENTION:
+        dim, heads, batch, length = (shape[k] for k in ("dim", "heads", "batch", "length"))
         steps = R.attention_step(dim, heads, batch, length)
         for peer in ("torch.nn.MultiheadAttention", "timm Attention"):
             ours_s, peer_s = time_pair(steps["ours"], steps[peer], repeats)
@@ -77,7 +79,7 @@ def side_by_side(
 
 
 def vit_train_rows(repeats: int, quick: bool) -> list[Row]:
-    batch = 8 if quick else 128
+    batch = R.VIT["batch"]
     peak = matmul_peak_flops(torch.float32, n=512 if quick else 2048)
     out = []
     for variant, ours_kw, peer_kw in vit_train_variants(quick):
@@ -130,7 +132,7 @@ def seq2seq_rows(repeats: int, quick: bool) -> list[Row]:
 
 
 def vit_inference_rows(repeats: int, quick: bool) -> list[Row]:
-    batch = 16 if quick else 256
+    batch = R.VIT["inference_batch"]
     out = []
     for bf16 in (False, True):
         ours, peer = R.ours_vit(), R.timm_vit()
@@ -154,7 +156,7 @@ def vit_inference_rows(repeats: int, quick: bool) -> list[Row]:
 def memory_rows(quick: bool) -> list[Row]:
     """Peak RSS of a few training steps, each in a fresh process (rows 2 and 3)."""
     steps = 2
-    batch = 8 if quick else 128
+    batch = R.VIT["batch"]
     setups = {
         "ViT training step fp32": (
             f"R.vit_train_step(R.ours_vit(), {batch}, False)",
@@ -171,7 +173,7 @@ def memory_rows(quick: bool) -> list[Row]:
     # Both peers' libraries are imported in every process, so the baseline is the same.
     prelude = (
         "import torch, timm, transformers; torch.set_num_threads(1)\n"
-        "from benchmarks import rows as R"
+        f"from benchmarks import rows as R, shapes; shapes.apply({shapes.ACTIVE!r})"
     )
     for name, (ours, peer, peer_name) in setups.items():
         ours_mib = peak_rss_mib(prelude, f"s = {ours}\nfor _ in range({steps}): s()")
@@ -192,18 +194,24 @@ SUITES: dict[str, Callable[[int, bool], list[Row]]] = {
 }
 
 
-def _suite_rows(name: str, repeats: int, quick: bool, threads: int) -> list[Row]:
+def _suite_rows(
+    name: str, repeats: int, quick: bool, threads: int, overrides: list[str]
+) -> list[Row]:
     """One group of rows, run in the fresh process that `run_suite` starts."""
+    shapes.apply((shapes.QUICK if quick else []) + overrides)
     torch.set_num_threads(threads)
     # As `unitransformer` commands do; process-wide, so the peers get the same malloc.
     keep_freed_memory()
     return SUITES[name](repeats, quick)
 
 
-def run_suite(name: str, repeats: int, quick: bool, threads: int) -> list[Row]:
-    """The rows of group ``name``, measured in a fresh (spawned) Python process."""
+def run_suite(
+    name: str, repeats: int, quick: bool, threads: int, overrides: list[str] | None = None
+) -> list[Row]:
+    """The rows of group ``name``, measured in a fresh (spawned) Python process, on the
+    suite's shapes with ``overrides`` (`benchmarks.shapes`) applied."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_suite_rows, (name, repeats, quick, threads))
+        return pool.apply(_suite_rows, (name, repeats, quick, threads, overrides or []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,17 +220,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 repeat; no RESULTS.md")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="GROUP.KEY=VALUE", dest="overrides",
+        help="shapes of one's own, e.g. vit.dim=384 (benchmarks/shapes.py); no RESULTS.md",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    quick = shapes.QUICK if args.quick else []
+    try:
+        changed = shapes.describe(quick + args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
     repeats = 1 if args.quick else args.repeats
     rows: list[Row] = []
     for name in args.rows:
-        group = run_suite(name, repeats, args.quick, args.threads)
+        group = run_suite(name, repeats, args.quick, args.threads, args.overrides)
         print("\n".join(format_table(group).splitlines()[2:]), flush=True)
         rows += group
     table = format_table(rows)
-    print(table)
-    # Only a full run rewrites RESULTS.md: one table, one date, every row measured together.
-    if not args.quick and set(args.rows) == set(SUITES):
+    print(f"{changed}\n{table}")
+    # Only a full run on the suite's shapes rewrites RESULTS.md: one table, one date, every
+    # row measured together.
+    if not args.quick and not args.overrides and set(args.rows) == set(SUITES):
         command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_results(table, command.strip(), repeats, args.threads)
     return 0

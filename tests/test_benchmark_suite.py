@@ -67,7 +67,9 @@ def test_each_group_runs_in_a_fresh_process():
 def test_only_a_full_run_rewrites_results(monkeypatch, capsys):
     groups, written = [], []
 
-    def fake_run_suite(name: str, repeats: int, quick: bool, threads: int) -> list[Row]:
+    def fake_run_suite(
+        name: str, repeats: int, quick: bool, threads: int, overrides=None
+    ) -> list[Row]:
         groups.append((name, repeats, threads))
         return [Row(f"{name} row", "peer", 1.0, 2.0, 10, "items")]
 
