@@ -311,3 +311,27 @@ def test_evaluate_overrides_change_how_images_are_scored_only(tmp_path: Path) ->
     assert "eval_batch_size: 64" in (tmp_path / "config.yaml").read_text()  # the run is untouched
     with pytest.raises(UserError, match="only these keys can be overridden here: data.eval_batch"):
         load_run(tmp_path, overrides=["data.image_size=64"])  # how inputs are prepared: refused
+
+
+def test_conv_stem_widths_set_each_stage(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    model_config = task.config.model
+    model_config.stem, model_config.patch_size = "conv", 4
+    model_config.stem_blocks, model_config.stem_input_blocks = 1, 1
+    doubled = task.build_model()
+    convs = [m for m in doubled.patch_embed.convs if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64]  # stem_width, then doubled per stride
+    # A ResNet's stages 1-3 for small images: the width doubles at each stride.
+    model_config.stem_widths = (8, 16, 24)
+    model = task.build_model()
+    channels = [
+        m.conv1.out_channels for m in model.patch_embed.convs if isinstance(m, ResidualConvBlock)
+    ]
+    assert channels == [8, 16, 24]
+    assert model.patch_embed.proj.in_channels == 24
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    model_config.stem_widths = (8, 16)
+    with pytest.raises(UserError, match=r"model.stem_widths: expected 3 channel counts.*\[8, 16\]"):
+        task.build_model()
+    with pytest.raises(UserError, match=r"model.stem_widths: expected channel counts >= 1"):
+        ImageModelConfig(stem_widths=(8, 0)).validate()

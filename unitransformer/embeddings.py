@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +166,10 @@ class ConvStem(nn.Module):
         width: Channels of the first convolution.
         blocks: Residual blocks after each strided convolution.
         input_blocks: Residual blocks at the input resolution (0: the stem starts strided).
+        widths: Channels of each stage, first to last (the input-resolution stage, when
+            ``input_blocks`` > 0, then one per strided convolution), in place of ``width``
+            doubled at each stride; e.g. ``(64, 128, 256)`` gives stages 1-3 of a ResNet-18
+            for small images, the stages the paper's hybrid keeps of its ResNet.
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class ConvStem(nn.Module):
         width: int = 32,
         blocks: int = 0,
         input_blocks: int = 0,
+        widths: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if patch_size < 2 or patch_size & (patch_size - 1):
@@ -185,20 +191,37 @@ class ConvStem(nn.Module):
                 f"{input_blocks}"
             )
         self.patch_size = patch_size
+        strided = int(math.log2(patch_size))
+        stages = self.num_stages(patch_size, input_blocks)
+        if widths and (len(widths) != stages or min(widths) < 1):
+            raise ValueError(
+                f"the conv stem has {stages} stages (patch_size={patch_size}, "
+                f"input_blocks={input_blocks}): widths needs {stages} channel counts >= 1, "
+                f"got {tuple(widths)}"
+            )
+        if not widths:
+            widths = ([width] if input_blocks else []) + [width * 2**i for i in range(strided)]
         layers: list[nn.Module] = []
         channels = in_chans
         if input_blocks:
             # Appended only when asked, so stems without them keep their parameter names.
-            layers += _conv_bn_relu(channels, width, stride=1)
-            layers += [ResidualConvBlock(width) for _ in range(input_blocks)]
-            channels = width
-        for i in range(int(math.log2(patch_size))):
-            out = width * 2**i
+            layers += _conv_bn_relu(channels, widths[0], stride=1)
+            layers += [ResidualConvBlock(widths[0]) for _ in range(input_blocks)]
+            channels = widths[0]
+        for out in widths[stages - strided :]:
             layers += _conv_bn_relu(channels, out, stride=2)
             layers += [ResidualConvBlock(out) for _ in range(blocks)]
             channels = out
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, dim, kernel_size=1)
+
+    @staticmethod
+    def num_stages(patch_size: int, input_blocks: int) -> int:
+        """Stages of a stem (the length its ``widths`` must have): one per stride, plus one.
+
+        The extra stage is the input-resolution one, present when ``input_blocks`` > 0.
+        """
+        return int(math.log2(patch_size)) + (1 if input_blocks else 0)
 
     def forward(self, images: Tensor) -> Tensor:
         """``images [B, C, H, W]`` -> tokens ``[B, (H / p) * (W / p), dim]``, row-major."""

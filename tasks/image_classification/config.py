@@ -26,6 +26,7 @@ VIT_SHAPE = (
     "stem_width",
     "stem_blocks",
     "stem_input_blocks",
+    "stem_widths",
 )
 
 
@@ -49,6 +50,9 @@ class ImageModelConfig:
         stem_blocks: Overrides the residual blocks after each strided convolution of the stem.
         stem_input_blocks: Overrides the residual blocks of the stem at the input resolution
             (after a stride-1 convolution; 0 starts the stem with a strided convolution).
+        stem_widths: Overrides the channels of each stem stage, first to last (the
+            input-resolution stage when there is one, then one per strided convolution), e.g.
+            ``[64, 128, 256]``: stages 1-3 of a small-image ResNet-18, as the paper's hybrid.
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -69,6 +73,7 @@ class ImageModelConfig:
     stem_width: int | None = None
     stem_blocks: int | None = None
     stem_input_blocks: int | None = None
+    stem_widths: tuple[int, ...] | None = None
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -105,6 +110,10 @@ class ImageModelConfig:
             raise UserError("model.pretrained: only a ViT can be fine-tuned (model.arch: vit)")
         if self.stem_width is not None and self.stem_width < 1:
             raise UserError(f"model.stem_width: expected >= 1 channel, got {self.stem_width}")
+        if self.stem_widths is not None and min(self.stem_widths, default=1) < 1:
+            raise UserError(
+                f"model.stem_widths: expected channel counts >= 1, got {list(self.stem_widths)}"
+            )
         for key in ("stem_blocks", "stem_input_blocks"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise UserError(f"model.{key}: expected >= 0 blocks, got {getattr(self, key)}")

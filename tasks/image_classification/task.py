@@ -22,6 +22,7 @@ from tasks.image_classification.metrics import (
     topk_correct,
 )
 from tasks.image_classification.resnet import small_resnet18
+from unitransformer.embeddings import ConvStem
 from unitransformer.engine.checkpoint import atomic_write_text
 from unitransformer.engine.optim import weight_decay_groups
 from unitransformer.engine.task import StepOutput
@@ -120,6 +121,14 @@ class ImageClassificationTask:
         config = replace(
             base, **m.vit_overrides(), image_size=data.image_size, num_classes=self.num_classes
         )
+        if config.stem == "conv" and config.stem_widths:
+            stages = ConvStem.num_stages(config.patch_size, config.stem_input_blocks)
+            if len(config.stem_widths) != stages:
+                raise UserError(
+                    f"model.stem_widths: expected {stages} channel counts, one per stem stage "
+                    f"(patch_size={config.patch_size}, stem_input_blocks="
+                    f"{config.stem_input_blocks}), got {list(config.stem_widths)}"
+                )
         try:
             return VisionTransformer(config)
         except ValueError as error:  # e.g. an image size that is not a multiple of the patch

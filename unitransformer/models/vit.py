@@ -37,6 +37,8 @@ class ViTConfig:
         stem_blocks: Residual blocks after each strided convolution of the conv stem (0: none).
         stem_input_blocks: Residual blocks of the conv stem at the input resolution, after a
             stride-1 convolution (0: none; the stem starts with a strided convolution).
+        stem_widths: Channels of each conv-stem stage (see `ConvStem`); empty doubles
+            ``stem_width`` at each strided convolution.
         dropout: Dropout on the embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -57,6 +59,7 @@ class ViTConfig:
     stem_width: int = 32
     stem_blocks: int = 0
     stem_input_blocks: int = 0
+    stem_widths: tuple[int, ...] = ()
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -104,7 +107,13 @@ class VisionTransformer(nn.Module):
             )
         if c.stem == "conv":
             self.patch_embed: nn.Module = ConvStem(
-                c.dim, c.patch_size, c.in_chans, c.stem_width, c.stem_blocks, c.stem_input_blocks
+                c.dim,
+                c.patch_size,
+                c.in_chans,
+                c.stem_width,
+                c.stem_blocks,
+                c.stem_input_blocks,
+                c.stem_widths,
             )
         else:
             self.patch_embed = PatchEmbedding(c.dim, c.patch_size, c.in_chans)
