@@ -25,7 +25,7 @@ from tasks.image_classification.config import (
 )
 from tasks.image_classification.metrics import confusion_matrix, per_class_accuracy, topk_correct
 from tasks.image_classification.task import ImageClassificationTask
-from unitransformer.embeddings import ResidualConvBlock
+from unitransformer.embeddings import ConvStem, ResidualConvBlock
 from unitransformer.engine.config import TrainConfig
 from unitransformer.errors import UserError
 
@@ -335,3 +335,6 @@ def test_conv_stem_widths_set_each_stage(tmp_path: Path) -> None:
         task.build_model()
     with pytest.raises(UserError, match=r"model.stem_widths: expected channel counts >= 1"):
         ImageModelConfig(stem_widths=(8, 0)).validate()
+    # The library's own check, for models built without the task's config.
+    with pytest.raises(ValueError, match=r"widths needs 3 channel counts >= 1, got \(8, 16\)"):
+        ConvStem(16, patch_size=4, input_blocks=1, widths=(8, 16))
