@@ -6,7 +6,9 @@ import torch
 from unitransformer import Attention, SelfAttentionCache, attention_reference
 from unitransformer.attention import (
     CPU_BMM_LOOP_LIMIT,
+    CPU_MATH_FEW_QUERIES_MAX_KEYS,
     CPU_MATH_MAX_KEYS,
+    CPU_MATH_MAX_QUERIES,
     CrossAttentionCache,
     _cpu_math_is_faster,
     scaled_dot_product_attention,
@@ -180,9 +182,13 @@ def test_bf16_cpu_math_path_matches_the_fp32_reference(causal):
     low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
     assert _cpu_math_is_faster(low[0], 6, 0.0) and not _cpu_math_is_faster(q, 6, 0.0)
     assert not _cpu_math_is_faster(low[0], CPU_MATH_MAX_KEYS + 1, 0.0)
-    # Inference: several queries go to SDPA's flash forward, one query (decoding) stays.
-    assert not _cpu_math_is_faster(low[0], 6, 0.0, backward=False)
-    assert _cpu_math_is_faster(low[0][:, :, :1], 6, 0.0, backward=False)
+    # Inference: many queries go to SDPA's flash forward; one query (decoding) or a folded
+    # beam of a few against a short memory stays.
+    many = torch.randn(3, 2, CPU_MATH_MAX_QUERIES + 1, 16).bfloat16()
+    assert not _cpu_math_is_faster(many, 6, 0.0, backward=False)
+    assert _cpu_math_is_faster(low[0], 6, 0.0, backward=False)
+    assert not _cpu_math_is_faster(low[0], CPU_MATH_FEW_QUERIES_MAX_KEYS + 1, 0.0, False)
+    assert _cpu_math_is_faster(low[0][:, :, :1], CPU_MATH_MAX_KEYS, 0.0, backward=False)
     out = scaled_dot_product_attention(*low, padding, causal)
     expected, _ = attention_reference(q, k, v, padding, causal)
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=0)
@@ -199,13 +205,19 @@ def test_a_single_fp32_query_takes_the_math_path_above_the_bmm_loop_limit():
     keys = CPU_BMM_LOOP_LIMIT // 32 + 1  # 13 keys of 32: MKL's batched matmul, not the loop
     assert _cpu_math_is_faster(q, keys, 0.0)
     assert not _cpu_math_is_faster(q, keys - 1, 0.0)  # ATen's plain loop: SDPA is faster
-    assert not _cpu_math_is_faster(torch.randn(3, 2, 2, 32), keys, 0.0)  # not decoding
+    assert not _cpu_math_is_faster(torch.randn(3, 2, 2, 32), keys, 0.0)  # training
+    assert _cpu_math_is_faster(torch.randn(3, 2, 2, 32), keys, 0.0, backward=False)  # beams
     k, v = torch.randn(3, 2, keys, 32), torch.randn(3, 2, keys, 32)
     padding = torch.zeros(3, keys, dtype=torch.bool)
     padding[1, -3:] = True
     padding[2] = True
     out = scaled_dot_product_attention(q, k, v, padding, causal=True)
     expected, _ = attention_reference(q, k, v, padding, causal=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    beams = torch.randn(3, 2, 5, 32)  # five beams folded into the query axis, no grad
+    with torch.no_grad():
+        out = scaled_dot_product_attention(beams, k, v, padding)
+    expected, _ = attention_reference(beams, k, v, padding)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -215,7 +227,8 @@ def test_bf16_cpu_attention_takes_the_math_path_only_where_a_backward_follows(mo
     used = []
     math = attention._attention_math
     monkeypatch.setattr(attention, "_attention_math", lambda *a: used.append(1) or math(*a))
-    q, k, v = (torch.randn(2, 2, 6, 16).bfloat16().requires_grad_() for _ in range(3))
+    shape = (2, 2, CPU_MATH_MAX_QUERIES + 1, 16)
+    q, k, v = (torch.randn(shape).bfloat16().requires_grad_() for _ in range(3))
     scaled_dot_product_attention(q, k, v, None, False)
     assert len(used) == 1  # training: the math path (flash's bf16 backward is slow)
     with torch.no_grad():

@@ -90,6 +90,10 @@ def scaled_dot_product_attention(
 
 # Longest key sequence for which the bf16 math path beats SDPA's flash kernel on CPU.
 CPU_MATH_MAX_KEYS = 256
+# Without a backward, up to this many queries (a beam folded into the query axis against the
+# encoder memory) go to the math path, for up to `CPU_MATH_FEW_QUERIES_MAX_KEYS` keys.
+CPU_MATH_MAX_QUERIES = 8
+CPU_MATH_FEW_QUERIES_MAX_KEYS = 96
 # ATen's CPU bmm loops in plain C++ over the batch when contraction x rows x columns of one
 # product is below this; a single query only pays off in the math path above it.
 CPU_BMM_LOOP_LIMIT = 400
@@ -109,14 +113,21 @@ def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float, backward: bool 
     - One query against a cache (incremental decoding): the fp32 flash kernel takes 1.5-2.5x
       as long as two MKL batched matmuls (500 rows, 8 heads of 32, 16-600 keys), unless the
       products are small enough for ATen's plain bmm loop (`CPU_BMM_LOOP_LIMIT`).
+    - A few queries without a backward (beam search's cross-attention: 5 beams folded into
+      the query axis against 29 memory keys): math is 2-3x faster than flash with a mask in
+      both dtypes (B*H*T = 20,000 rows of 32; 65 keys: 1.2-1.6x; 128-200 keys: a tie).
     """
     if q.device.type != "cpu":
         return False
     if dropout_p > 0.0:
         return True
+    q_len = q.shape[-2]
+    few_queries = q_len == 1 or (
+        not backward and q_len <= CPU_MATH_MAX_QUERIES and k_len <= CPU_MATH_FEW_QUERIES_MAX_KEYS
+    )
     if q.dtype in (torch.bfloat16, torch.float16):
-        return k_len <= CPU_MATH_MAX_KEYS and (backward or q.shape[-2] == 1)
-    return q.shape[-2] == 1 and k_len * q.shape[-1] >= CPU_BMM_LOOP_LIMIT
+        return k_len <= CPU_MATH_MAX_KEYS and (backward or few_queries)
+    return few_queries and k_len * q.shape[-1] >= CPU_BMM_LOOP_LIMIT
 
 
 def _attention_math(
