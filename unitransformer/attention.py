@@ -144,7 +144,8 @@ def _attention_math(
     out = probs.to(v.dtype) @ v
     if key_padding_mask is not None:
         empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
-        out = out.masked_fill(empty, 0.0)
+        if empty.any():  # CPU only (see the caller): no device sync, and no copy of out
+            out = out.masked_fill(empty, 0.0)
     return out
 
 
@@ -304,7 +305,8 @@ class Attention(nn.Module):
             k, v = self.project_context(context)
         else:
             if cache.k is None:
-                cache.k, cache.v = self.project_context(context)
+                # Contiguous once: as permuted views, every step's matmuls would copy them.
+                cache.k, cache.v = (t.contiguous() for t in self.project_context(context))
             k, v = cache.k, cache.v
         return q, k, v
 
