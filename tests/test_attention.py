@@ -7,6 +7,8 @@ from unitransformer import Attention, SelfAttentionCache, attention_reference
 from unitransformer.attention import (
     CPU_BMM_LOOP_LIMIT,
     CPU_MATH_FEW_QUERIES_MAX_KEYS,
+    CPU_MATH_INFERENCE_MAX_KEYS,
+    CPU_MATH_INFERENCE_MAX_SCORES,
     CPU_MATH_MAX_KEYS,
     CPU_MATH_MAX_QUERIES,
     CrossAttentionCache,
@@ -189,12 +191,9 @@ def test_bf16_cpu_math_path_matches_the_fp32_reference(causal):
     low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
     assert _cpu_math_is_faster(low[0], 6, 0.0) and not _cpu_math_is_faster(q, 6, 0.0)
     assert not _cpu_math_is_faster(low[0], CPU_MATH_MAX_KEYS + 1, 0.0)
-    # Inference: many queries go to SDPA's flash forward; one query (decoding) or a folded
-    # beam of a few against a short memory stays.
-    many = torch.randn(3, 2, CPU_MATH_MAX_QUERIES + 1, 16).bfloat16()
-    assert not _cpu_math_is_faster(many, 6, 0.0, backward=False)
+    # Inference: one query (decoding) or a folded beam of a few against a short memory.
     assert _cpu_math_is_faster(low[0], 6, 0.0, backward=False)
-    assert not _cpu_math_is_faster(low[0], CPU_MATH_FEW_QUERIES_MAX_KEYS + 1, 0.0, False)
+    assert not _cpu_math_is_faster(low[0], CPU_MATH_MAX_KEYS + 1, 0.0, False)
     assert _cpu_math_is_faster(low[0][:, :, :1], CPU_MATH_MAX_KEYS, 0.0, backward=False)
     out = scaled_dot_product_attention(*low, padding, causal)
     expected, _ = attention_reference(q, k, v, padding, causal)
@@ -228,9 +227,11 @@ def test_a_single_fp32_query_takes_the_math_path_above_the_bmm_loop_limit():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_cpu_attention_takes_the_math_path_only_where_a_backward_follows(monkeypatch):
+@pytest.mark.parametrize("amx", [False, True])
+def test_cpu_inference_with_many_queries_picks_its_kernel_by_cpu_and_dtype(monkeypatch, amx):
     import unitransformer.attention as attention
 
+    monkeypatch.setattr(attention, "_cpu_has_amx", lambda: amx)
     used = []
     math = attention._attention_math
     monkeypatch.setattr(attention, "_attention_math", lambda *a: used.append(1) or math(*a))
@@ -240,6 +241,35 @@ def test_bf16_cpu_attention_takes_the_math_path_only_where_a_backward_follows(mo
     assert len(used) == 1  # training: the math path (flash's bf16 backward is slow)
     with torch.no_grad():
         out = scaled_dot_product_attention(q, k, v, None, False)
-    assert len(used) == 1  # inference: SDPA's flash forward
+    # Inference: flash's bf16 forward with AMX tiles, the math path without them.
+    assert len(used) == (1 if amx else 2)
     expected, _ = attention_reference(q.float(), k.float(), v.float(), None, False)
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=0)
+    many = q.detach()
+    assert not _cpu_math_is_faster(many, CPU_MATH_INFERENCE_MAX_KEYS + 1, 0.0, backward=False)
+    assert not _cpu_math_is_faster(many.float(), 6, 0.0, backward=False)  # fp32: flash
+    few = many[:, :, :CPU_MATH_MAX_QUERIES]  # a folded beam: math either way up to 96 keys
+    assert _cpu_math_is_faster(few, CPU_MATH_FEW_QUERIES_MAX_KEYS, 0.0, backward=False)
+    assert _cpu_math_is_faster(few, CPU_MATH_FEW_QUERIES_MAX_KEYS + 1, 0.0, False) == (not amx)
+    # Past the score budget, flash, whose memory does not grow with T x S.
+    big = torch.empty(CPU_MATH_INFERENCE_MAX_SCORES // (64 * 40) + 1, 1, 64, 1).bfloat16()
+    assert not _cpu_math_is_faster(big, 40, 0.0, backward=False)
+    assert _cpu_math_is_faster(big[:-2], 40, 0.0, backward=False) == (not amx)
+
+
+def test_the_flash_path_zeroes_fully_padded_rows():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 20, 16, requires_grad=True) for _ in range(3))
+    padding = torch.zeros(3, 20, dtype=torch.bool)
+    padding[1, -5:] = True
+    padding[2] = True
+    assert not _cpu_math_is_faster(q, 20, 0.0)  # float32 training: SDPA's flash kernel
+    out = scaled_dot_product_attention(q, k, v, padding)
+    expected, _ = attention_reference(q, k, v, padding)
+    assert out[2].abs().max() == 0
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad[2].abs().max() == 0
+    # No fully padded row: the output is not copied, and still right.
+    out = scaled_dot_product_attention(q[:2], k[:2], v[:2], padding[:2])
+    torch.testing.assert_close(out, expected[:2], atol=1e-5, rtol=1e-5)

@@ -10,6 +10,7 @@ key is padding (the convention of ``torch.nn.MultiheadAttention``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -82,9 +83,11 @@ def scaled_dot_product_attention(
     mask = build_attention_mask(key_padding_mask, causal, q_len, k_len, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if key_padding_mask is not None:
-        # A fully padded sequence would give NaN (softmax over nothing); zero those rows.
+        # A fully padded sequence would give NaN (softmax over nothing); zero those rows. On
+        # CPU the check costs no sync and spares a copy of ``out`` when there are none.
         empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
-        out = out.masked_fill(empty, 0.0)
+        if q.device.type != "cpu" or empty.any():
+            out = out.masked_fill(empty, 0.0)
     return out
 
 
@@ -97,6 +100,19 @@ CPU_MATH_FEW_QUERIES_MAX_KEYS = 96
 # ATen's CPU bmm loops in plain C++ over the batch when contraction x rows x columns of one
 # product is below this; a single query only pays off in the math path above it.
 CPU_BMM_LOOP_LIMIT = 400
+# Inference (no backward) with more queries: the longest key sequence for which the bf16
+# math path beats flash on CPUs without AMX tiles.
+CPU_MATH_INFERENCE_MAX_KEYS = 200
+# ... and the most scores (B x H x T x S) it materializes there: 2**26 float32 are 256 MiB,
+# beyond which flash's memory that does not grow with T x S is worth its time.
+CPU_MATH_INFERENCE_MAX_SCORES = 2**26
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, on which SDPA's bf16 flash forward is the faster one."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float, backward: bool = True) -> bool:
@@ -108,8 +124,13 @@ def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float, backward: bool 
     - In bf16 the CPU flash kernel's backward is 3-11x slower than in fp32 (B=64, H=8,
       T=20: 54 ms against 5 ms for two bf16 matmuls around an fp32 softmax), and its forward
       loses up to 256 keys too on AMD EPYC. Beyond that the quadratic score matrix costs more
-      than it saves. Without a ``backward`` to follow, several queries go to flash: on an
-      Intel Xeon with AMX its bf16 forward is the faster one (ViT inference, 65 keys: 1.09x).
+      than it saves.
+    - bf16 inference (no ``backward``), several queries: on an Intel Xeon with AMX the flash
+      forward is the faster one (ViT inference, 65 keys: 1.09x). Without AMX (AMD EPYC,
+      AVX-512 BF16) math is, alone 1.2-2.7x for 20-197 keys (0.94x at 256), in the ViT
+      inference row 1.14-1.18x for the whole model. In fp32 math wins alone below 96 keys
+      but not in a whole model (ViT inference, the translation encoder: ties), so fp32
+      inference stays with flash.
     - One query against a cache (incremental decoding): the fp32 flash kernel takes 1.5-2.5x
       as long as two MKL batched matmuls (500 rows, 8 heads of 32, 16-600 keys), unless the
       products are small enough for ATen's plain bmm loop (`CPU_BMM_LOOP_LIMIT`).
@@ -125,9 +146,14 @@ def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float, backward: bool 
     few_queries = q_len == 1 or (
         not backward and q_len <= CPU_MATH_MAX_QUERIES and k_len <= CPU_MATH_FEW_QUERIES_MAX_KEYS
     )
-    if q.dtype in (torch.bfloat16, torch.float16):
-        return k_len <= CPU_MATH_MAX_KEYS and (backward or few_queries)
-    return few_queries and k_len * q.shape[-1] >= CPU_BMM_LOOP_LIMIT
+    low_precision = q.dtype in (torch.bfloat16, torch.float16)
+    if low_precision and (backward or few_queries):
+        return k_len <= CPU_MATH_MAX_KEYS
+    if not low_precision:
+        return few_queries and k_len * q.shape[-1] >= CPU_BMM_LOOP_LIMIT
+    if q.numel() // q.shape[-1] * k_len > CPU_MATH_INFERENCE_MAX_SCORES:
+        return False
+    return k_len <= CPU_MATH_INFERENCE_MAX_KEYS and not _cpu_has_amx()
 
 
 def _attention_math(
