@@ -83,11 +83,19 @@ def scaled_dot_product_attention(
     mask = build_attention_mask(key_padding_mask, causal, q_len, k_len, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if key_padding_mask is not None:
-        # A fully padded sequence would give NaN (softmax over nothing); zero those rows. On
-        # CPU the check costs no sync and spares a copy of ``out`` when there are none.
-        empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
-        if q.device.type != "cpu" or empty.any():
-            out = out.masked_fill(empty, 0.0)
+        # A fully padded sequence would give NaN (softmax over nothing); zero those rows.
+        out = _zero_fully_padded(out, key_padding_mask)
+    return out
+
+
+def _zero_fully_padded(out: Tensor, key_padding_mask: Tensor) -> Tensor:
+    """``out [B, H, T, Dh]`` with the rows of sequences whose keys are all padding zeroed.
+
+    On CPU the check costs no device sync and spares a copy of ``out`` when there are none.
+    """
+    empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
+    if out.device.type != "cpu" or empty.any():
+        out = out.masked_fill(empty, 0.0)
     return out
 
 
@@ -128,7 +136,7 @@ def _cpu_math_is_faster(q: Tensor, k_len: int, dropout_p: float, backward: bool 
     - bf16 inference (no ``backward``), several queries: on an Intel Xeon with AMX the flash
       forward is the faster one (ViT inference, 65 keys: 1.09x). Without AMX (AMD EPYC,
       AVX-512 BF16) math is, alone 1.2-2.7x for 20-197 keys (0.94x at 256), in the ViT
-      inference row 1.14-1.18x for the whole model. In fp32 math wins alone below 96 keys
+      inference row 1.14-1.21x for the whole model. In fp32 math wins alone below 96 keys
       but not in a whole model (ViT inference, the translation encoder: ties), so fp32
       inference stays with flash.
     - One query against a cache (incremental decoding): the fp32 flash kernel takes 1.5-2.5x
@@ -169,9 +177,7 @@ def _attention_math(
     probs = dropout(scores.float().softmax(dim=-1), p)  # [B, H, T, S]
     out = probs.to(v.dtype) @ v
     if key_padding_mask is not None:
-        empty = key_padding_mask.all(dim=-1)[:, None, None, None]  # [B, 1, 1, 1]
-        if empty.any():  # CPU only (see the caller): no device sync, and no copy of out
-            out = out.masked_fill(empty, 0.0)
+        out = _zero_fully_padded(out, key_padding_mask)
     return out
 
 
