@@ -80,22 +80,29 @@ def side_by_side(
 
 def vit_train_rows(repeats: int, quick: bool) -> list[Row]:
     batch = R.VIT["batch"]
-    peak = matmul_peak_flops(torch.float32, n=512 if quick else 2048)
+    sizes = (512,) if quick else (2048, 4096)
+    # The fp32 peak is measured before the group and after each row; every row is scored
+    # against the best of them, so noise cannot put a row's MFU above the machine's peak.
+    peak = matmul_peak_flops(torch.float32, sizes)
     out = []
     for variant, ours_kw, peer_kw in vit_train_variants(quick):
         ours, peer = R.ours_vit(), R.timm_vit()
         steps = (R.vit_train_step(ours, batch, **ours_kw), R.vit_train_step(peer, batch, **peer_kw))
         name = f"ViT training step, {variant}"
         row = side_by_side(name, "timm VisionTransformer", steps, repeats, batch, "images")
-        flops = R.vit_step_flops(ours, batch)
-        row.notes["MFU (fp32 matmul peak)"] = (
-            f"ours {flops / row.ours_s / peak:.0%}, timm {flops / row.peer_s / peak:.0%}"
-        )
-        row.notes["fp32 matmul peak"] = f"{peak / 1e9:.0f} GFLOP/s"
+        peak = max(peak, matmul_peak_flops(torch.float32, sizes))
         if variant == "default path":
             row.notes["ours"] = f"{'bf16' if ours_kw['bf16'] else 'fp32'}, engine AdamW"
             row.notes["timm"] = "fp32, torch AdamW"
         out.append(row)
+    flops = R.vit_step_flops(R.ours_vit(), batch)
+    for row in out:
+        mfu = f"ours {flops / row.ours_s / peak:.0%}, timm {flops / row.peer_s / peak:.0%}"
+        # MFU first, as before: the notes read "MFU ...; fp32 matmul peak ...; ours ...".
+        row.notes = {
+            "MFU (fp32 matmul peak)": mfu,
+            "fp32 matmul peak": f"{peak / 1e9:.0f} GFLOP/s",
+        } | row.notes
     return out
 
 
