@@ -82,7 +82,8 @@ def vit_train_rows(repeats: int, quick: bool) -> list[Row]:
     batch = R.VIT["batch"]
     sizes = (512,) if quick else (2048, 4096)
     # The fp32 peak is measured before the group and after each row; every row is scored
-    # against the best of them, so noise cannot put a row's MFU above the machine's peak.
+    # against the best of them, so that a slow moment of the VM at one measurement does not
+    # lower the denominator (and lift MFU) for the whole group.
     peak = matmul_peak_flops(torch.float32, sizes)
     out = []
     for variant, ours_kw, peer_kw in vit_train_variants(quick):

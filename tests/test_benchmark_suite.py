@@ -126,3 +126,23 @@ print(with_pool, len(os.listdir("/proc/self/task")))
     ).stdout.split()
     with_pool, after = map(int, out)
     assert after < with_pool  # the OpenMP worker is gone; the next parallel region makes one
+
+
+def test_every_vit_row_is_scored_against_the_best_peak_measured_around_the_group(monkeypatch):
+    # Peaks measured before the group and after each of its two rows: 2, 5 and 3 GFLOP/s.
+    peaks = iter([2e9, 5e9, 3e9])
+    monkeypatch.setattr(suite, "matmul_peak_flops", lambda dtype, sizes: next(peaks))
+    variants = [("a", {}, {}), ("b", {}, {})]
+    monkeypatch.setattr(suite, "vit_train_variants", lambda quick: variants)
+    monkeypatch.setattr(suite.R, "ours_vit", lambda: None)
+    monkeypatch.setattr(suite.R, "timm_vit", lambda: None)
+    monkeypatch.setattr(suite.R, "vit_train_step", lambda model, batch, **kw: None)
+    monkeypatch.setattr(suite.R, "vit_step_flops", lambda model, batch: 1e9)
+    times = iter([(0.4, 0.5), (0.2, 0.25)])  # (ours, peer) seconds of each row
+    monkeypatch.setattr(suite, "time_pair", lambda ours, peer, repeats: next(times))
+    rows = suite.vit_train_rows(repeats=1, quick=True)
+    assert [r.notes["fp32 matmul peak"] for r in rows] == ["5 GFLOP/s", "5 GFLOP/s"]
+    # 1 GFLOP per step over 0.4 s is 2.5 GFLOP/s: 50% of 5, not 125% of the first peak's 2.
+    assert rows[0].notes["MFU (fp32 matmul peak)"] == "ours 50%, timm 40%"
+    assert rows[1].notes["MFU (fp32 matmul peak)"] == "ours 100%, timm 80%"
+    assert list(rows[0].notes)[:2] == ["MFU (fp32 matmul peak)", "fp32 matmul peak"]
