@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from unitransformer.attention import attention_reference, scaled_dot_product_attention
-from unitransformer.dropout import Dropout, dropout, keep_mask
+from unitransformer.dropout import Dropout, PatchDropout, dropout, keep_mask, patch_dropout
+from unitransformer.models import VisionTransformer, ViTConfig
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -68,3 +70,49 @@ def test_attention_dropout_on_cpu_is_unbiased_and_safe_on_fully_padded_rows():
     v.requires_grad_(True)
     scaled_dot_product_attention(q, k, v, padding, causal=True, dropout_p=0.2).sum().backward()
     assert torch.isfinite(v.grad).all()
+
+
+def test_patch_dropout_keeps_the_prefix_and_an_ordered_subset_of_each_row():
+    torch.manual_seed(0)
+    b, n, dim = 8, 64, 4
+    x = torch.randn(b, 1 + n, dim)
+    y = patch_dropout(x, 0.5, num_prefix_tokens=1)
+    assert y.shape == (b, 1 + 32, dim)
+    assert torch.equal(y[:, 0], x[:, 0])  # the class token always stays
+    subsets = set()
+    for row in range(b):
+        # Each kept token is one of the row's own patch tokens, in grid order.
+        match = (y[row, 1:, None] == x[row, None, 1:]).all(-1)  # [kept, n]
+        assert match.sum(1).eq(1).all()
+        index = match.float().argmax(1)
+        assert torch.all(index[1:] > index[:-1])
+        subsets.add(tuple(index.tolist()))
+    assert len(subsets) == b  # each image draws its own subset
+
+
+def test_patch_dropout_is_the_identity_in_eval_and_at_zero_and_rejects_bad_rates():
+    x = torch.randn(2, 10, 3)
+    module = PatchDropout(0.7).eval()
+    assert module(x) is x and patch_dropout(x, 0.0) is x
+    assert module.train()(x).shape == (2, 3, 3)
+    assert patch_dropout(x, 0.99).shape == (2, 1, 3)  # at least one token stays
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="patch dropout rate"):
+            PatchDropout(bad)
+
+
+def test_a_vit_with_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all():
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=16, patch_size=4, num_classes=5, dim=32, depth=2, num_heads=2, pool="mean"
+    )
+    plain = VisionTransformer(config)
+    dropped = VisionTransformer(replace(config, patch_drop=0.75))
+    dropped.load_state_dict(plain.state_dict())  # no new parameters: the same checkpoint format
+    images = torch.randn(3, 3, 16, 16)
+    assert dropped.train().forward_features(images).shape == (3, 4, 32)  # 16 tokens, 4 kept
+    dropped(images).sum().backward()
+    assert dropped.pos_embed.grad is not None
+    plain.eval()
+    dropped.eval()
+    assert torch.equal(dropped(images), plain(images))

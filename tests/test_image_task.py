@@ -195,6 +195,17 @@ def test_conv_stem_input_blocks_work_at_the_input_resolution(tmp_path: Path) -> 
         ImageModelConfig(stem_input_blocks=-1).validate()
 
 
+def test_patch_drop_reaches_the_model_and_a_bad_rate_names_its_key(tmp_path: Path) -> None:
+    task = digits_task(tmp_path)
+    task.config.model.patch_drop = 0.5
+    model = task.build_model()
+    assert model.config.patch_drop == 0.5
+    out = task.loss(model.train(), next(iter(task.train_batches(0, 0, 1))))
+    assert torch.isfinite(out.loss)
+    with pytest.raises(UserError, match=r"model.patch_drop: expected a rate in \[0, 1\), got 1.0"):
+        ImageModelConfig(patch_drop=1.0).validate()
+
+
 def test_resnet18_runs_channels_last_with_plain_weights_and_outputs() -> None:
     from tasks.image_classification.resnet import small_resnet18
 
@@ -230,7 +241,7 @@ def test_finetune_from_random_torchvision_vit_file(tmp_path: Path) -> None:
     torch.save(foreign.state_dict(), file)
     run = tmp_path / "run"
     cfg = ImageClassificationConfig(
-        model=ImageModelConfig(size=None, pretrained=str(file), drop_path=0.1),
+        model=ImageModelConfig(size=None, pretrained=str(file), drop_path=0.1, patch_drop=0.25),
         data=ImageDataConfig(holdout=100, image_size=16, batch_size=16),
     )
     task = ImageClassificationTask(cfg)
@@ -239,6 +250,7 @@ def test_finetune_from_random_torchvision_vit_file(tmp_path: Path) -> None:
     assert torch.equal(model.patch_embed.proj.weight, foreign.conv_proj.weight)
     assert model.pos_embed.shape == (1, 1 + 2 * 2, 192)  # 4x4 patch grid resampled to 2x2
     assert model.head.out_features == 10 and model.config.drop_path == 0.1
+    assert model.config.patch_drop == 0.25  # the run's regularization over the checkpoint's
     out = task.loss(model, next(iter(task.train_batches(0, 0, 1))))
     assert torch.isfinite(out.loss)
     file.unlink()  # evaluate / classify later rebuild the shape from the run directory alone

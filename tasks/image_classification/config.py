@@ -56,6 +56,8 @@ class ImageModelConfig:
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
+        patch_drop: Fraction of the patch tokens each training image drops (PatchDropout):
+            regularizes, and 0.5 halves the encoder's work per step; evaluation keeps all.
         pretrained: A ViT checkpoint to fine-tune from (a local torchvision/timm file, or a hub
             name when online), loaded through `unitransformer.interop.load_pretrained_vit`
             with a new head and position embeddings resampled to ``data.image_size``.
@@ -77,6 +79,7 @@ class ImageModelConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
+    patch_drop: float = 0.0
     pretrained: str | None = None
 
     def vit_overrides(self) -> dict[str, object]:
@@ -84,8 +87,13 @@ class ImageModelConfig:
         out: dict[str, object] = {
             k: getattr(self, k) for k in VIT_SHAPE if getattr(self, k) is not None
         }
-        out.update(dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path)
+        out.update(self.regularization())
         return out
+
+    def regularization(self) -> dict[str, float]:
+        """The ViT fields a run sets even over a pretrained checkpoint's shape."""
+        keys = ("dropout", "attn_dropout", "drop_path", "patch_drop")
+        return {key: getattr(self, key) for key in keys}
 
     def validate(self) -> None:
         """Raises `UserError` naming the first ``model.*`` key that is out of range."""
@@ -117,7 +125,7 @@ class ImageModelConfig:
         for key in ("stem_blocks", "stem_input_blocks"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise UserError(f"model.{key}: expected >= 0 blocks, got {getattr(self, key)}")
-        for key in ("dropout", "attn_dropout", "drop_path"):
+        for key in ("dropout", "attn_dropout", "drop_path", "patch_drop"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise UserError(f"model.{key}: expected a rate in [0, 1), got {getattr(self, key)}")
 

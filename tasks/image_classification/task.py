@@ -146,9 +146,7 @@ class ImageClassificationTask:
         loaded = load_pretrained_vit(
             m.pretrained, num_classes=self.num_classes, image_size=self.config.data.image_size
         )
-        config = replace(
-            loaded.config, dropout=m.dropout, attn_dropout=m.attn_dropout, drop_path=m.drop_path
-        )
+        config = replace(loaded.config, **m.regularization())
         model = VisionTransformer(config)  # the run's regularization, the pretrained weights
         model.load_state_dict(loaded.state_dict())
         self._loaded_pretrained = True

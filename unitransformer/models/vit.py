@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from unitransformer.adapt import resample_pos_embed
-from unitransformer.dropout import Dropout
+from unitransformer.dropout import Dropout, PatchDropout
 from unitransformer.embeddings import ConvStem, PatchEmbedding
 from unitransformer.stacks import Encoder
 
@@ -42,6 +42,9 @@ class ViTConfig:
         dropout: Dropout on the embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
+        patch_drop: Fraction of the patch tokens each training image drops before the
+            encoder (PatchDropout; see `unitransformer.dropout.patch_dropout`): 0.5 halves the
+            encoder's work. Evaluation keeps every token.
         norm_eps: LayerNorm epsilon (1e-6 in the paper's code).
     """
 
@@ -63,6 +66,7 @@ class ViTConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
+    patch_drop: float = 0.0
     norm_eps: float = 1e-6
 
     @classmethod
@@ -126,6 +130,7 @@ class VisionTransformer(nn.Module):
         num_tokens = self.num_prefix_tokens + self.grid[0] * self.grid[1]
         self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, c.dim))
         self.pos_drop = Dropout(c.dropout)
+        self.patch_drop = PatchDropout(c.patch_drop, self.num_prefix_tokens)
         self.encoder = Encoder(
             c.dim,
             c.depth,
@@ -169,7 +174,7 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(x + self._pos_embed(grid))
-        return self.encoder(x)
+        return self.encoder(self.patch_drop(x))  # [B, prefix + kept, dim]
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """Pools tokens ``[B, T, dim]`` (class token or mean) and classifies them."""
