@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = Trainer(task_cls(config), config, run_dir).fit()
     if main_rank:
         print(f"done: {json.dumps(summary)} in {run_dir}")
+    if summary["interrupted"]:  # The shell's code for death by that signal: 130, 143.
+        return 128 + signal.Signals.__members__.get(summary["interrupted"], signal.SIGTERM)
     return 0
 
 

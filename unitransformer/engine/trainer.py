@@ -4,7 +4,8 @@ The loop knows nothing of words or pixels: the task gives the model, batches, lo
 (`unitransformer.engine.task.Task`). Each step draws ``grad_accum`` batches from
 ``task.train_batches(epoch, rank, world_size)``, epoch after epoch; the data position saved in
 a checkpoint is (epoch, batches consumed in it), and resume skips to it, so that a run killed
-at any moment and resumed ends with the same weights as an uninterrupted one.
+at any moment and resumed ends with the same weights as an uninterrupted one. Ctrl-C or SIGTERM
+during the loop ends the step under way, writes a checkpoint and returns (`signals`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from unitransformer.engine.loader import config_to_dict
 from unitransformer.engine.monitor import MetricsLog, Progress, format_clock, plot_curves
 from unitransformer.engine.optim import EMA, build_optimizer, build_scheduler
 from unitransformer.engine.runtime import autocast, check_precision, move_to, seed_everything
+from unitransformer.engine.signals import StopSignals
 from unitransformer.engine.task import Task, batches_from
 from unitransformer.errors import UserError
 
@@ -74,6 +76,8 @@ class Trainer:
         self.tc, self.ec = config.train, config.eval
         self.state = LoopState()
         self.stop_reason = ""
+        self.signals = StopSignals()
+        self.interrupted: str | None = None  # the signal that stopped the loop
         self._saved_step = self._evaluated_step = -1
         self._spent = 0.0  # the part of train.max_seconds used, agreed by all ranks
         self._clock = time.perf_counter()
@@ -92,8 +96,9 @@ class Trainer:
             if self.state.step >= self.tc.max_steps or self._out_of_time(spent):
                 self.progress.message(f"{self.run_dir}: already trained to step {self.state.step}")
                 return self._summary()
-            self._loop()
-            self._finish()
+            with self.signals.installed():
+                self._loop()
+                self._finish()
             return self._summary()
         finally:
             self.progress.close()
@@ -217,11 +222,21 @@ class Trainer:
             else:
                 self.progress.update(self.state.step, values["loss"], values["lr"], 0.0, False)
             self._after_step()
+            self._check_signals()
             if self._out_of_time(self._spent * self.tc.max_seconds):
                 self.stop_reason = (
                     f"time budget reached at step {self.state.step}: "
                     f"train.max_seconds={self.tc.max_seconds:g}"
                 )
+
+    def _check_signals(self) -> None:
+        # Every rank must stop at the same step, whichever of them the signal reached.
+        if D.all_reduce_max(float(self.signals.received is not None), self.device) > 0:
+            self.interrupted = self.signals.received or "a signal to another rank"
+            self.stop_reason = (
+                f"stopped by {self.interrupted} at step {self.state.step} with a checkpoint: "
+                "the same command resumes"
+            )
 
     def _train_step(self, stream: Iterator[Any]) -> tuple[int, dict[str, float]] | None:
         """One optimizer step over ``grad_accum`` batches; None if it was skipped (NaN/Inf)."""
@@ -370,6 +385,11 @@ class Trainer:
         D.barrier()
 
     def _finish(self) -> None:
+        if self.interrupted:  # Quick, as a scheduler's grace period wants: no evaluation.
+            if self._saved_step != self.state.step:
+                self._save()
+            self.progress.message(self.stop_reason)
+            return
         # The final evaluation, unless early stopping has just evaluated this very step.
         improved = self._evaluated_step != self.state.step and self._evaluate()
         if improved or self._saved_step != self.state.step:
@@ -398,5 +418,6 @@ class Trainer:
             "step": s.step,
             "best": best,
             "stopped": self.stop_reason or None,
+            "interrupted": self.interrupted,
             "train_seconds": round(self._tick(), 1),
         }
