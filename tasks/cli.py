@@ -28,7 +28,7 @@ from unitransformer.engine import (
     read_run_config,
 )
 from unitransformer.engine.checkpoint import checkpoint_dirs
-from unitransformer.engine.loader import read_yaml
+from unitransformer.engine.loader import flatten, read_yaml
 from unitransformer.engine.runtime import keep_freed_memory
 from unitransformer.errors import UserError
 
@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
     main_rank = os.environ.get("RANK", "0") == "0"  # Under torchrun, rank 0 speaks.
     if checkpoint_dirs(run_dir):
-        _check_resume(run_dir, config_to_dict(config), args.force)
+        _check_resume(run_dir, config_to_dict(config), defaults_of(config_cls), args.force)
         if main_rank:
             print(f"resuming {run_dir}")
     if main_rank:
@@ -67,9 +67,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_resume(run_dir: Path, config: dict[str, Any], force: bool) -> None:
-    """Refuses to resume a run under a different config unless ``--force``."""
-    diff = config_diff(read_run_config(run_dir), config)
+def _check_resume(
+    run_dir: Path, config: dict[str, Any], defaults: dict[str, Any], force: bool
+) -> None:
+    """Refuses to resume a run under a different config unless ``--force``.
+
+    A key that the run's ``config.yaml`` lacks came into the library after the run started;
+    at its default it keeps the behaviour the run was trained with, so it is no difference.
+    """
+    default = flatten(defaults)
+    diff = {
+        k: (old, new)
+        for k, (old, new) in config_diff(read_run_config(run_dir), config).items()
+        if not (old == "<absent>" and k in default and default[k] == new)
+    }
     if diff and not force:
         changes = "; ".join(
             f"{k}: {old!r} (run) vs {new!r} (now)" for k, (old, new) in diff.items()

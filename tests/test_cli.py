@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tasks import cli, registry
 
@@ -162,3 +163,19 @@ def test_every_command_keeps_freed_memory_before_it_runs(tmp_path, monkeypatch, 
     monkeypatch.setattr(cli, "_evaluate", lambda args: calls.append("evaluate") or 0)
     assert cli.main(["evaluate", str(tmp_path)]) == 0
     assert calls == ["kept", "evaluate"]  # the command's tensors reuse pages from the start
+
+
+def test_a_run_from_before_a_key_existed_resumes_while_that_key_keeps_its_default(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", _config(tmp_path), "--run-dir", str(run)]
+    assert cli.main(argv) == 0
+    # The run's config as an older version of the library wrote it: no data.sleep yet.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["data"]["sleep"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "resuming" in capsys.readouterr().out
+    # The resume wrote the key into the run's config; changing it is a difference as ever.
+    assert cli.main([*argv, "data.sleep=0.5"]) == 2
+    assert "data.sleep: 0.0 (run) vs 0.5 (now)" in _error_line(capsys)

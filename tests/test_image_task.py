@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from tasks.image_classification.augment import shift
 from tasks.image_classification.commands import add_commands
 from tasks.image_classification.config import (
     ImageClassificationConfig,
@@ -131,6 +132,35 @@ def test_eval_hflip_averages_the_logits_of_each_image_and_its_mirror(tmp_path: P
         mirrored = model(plain.preprocess(images).flip(-1)).float()
     assert not torch.allclose(logits, mirrored, atol=1e-4)  # the model is not mirror-symmetric
     torch.testing.assert_close(with_flip, (logits + mirrored) / 2)
+
+
+def test_shift_moves_the_image_and_reflects_into_the_uncovered_border() -> None:
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    down_right, up_left = shift(x, 2), shift(x, -2)
+    assert down_right.shape == up_left.shape == x.shape
+    assert torch.equal(down_right[..., 2:, 2:], x[..., :-2, :-2])
+    assert torch.equal(up_left[..., :-2, :-2], x[..., 2:, 2:])
+    assert torch.equal(down_right[..., 0, 2:], x[..., 2, :-2])  # row -2 mirrors row 2
+    assert torch.equal(shift(x, 0), x)
+
+
+def test_eval_shift_averages_the_logits_of_six_views(tmp_path: Path) -> None:
+    plain = digits_task(tmp_path / "plain")
+    six = digits_task(tmp_path / "six", eval_hflip=True, eval_shift=1)
+    model = plain.build_model().eval()
+    nn.init.normal_(model.head.weight)
+    logits, labels = six.predict_logits(model, "test")
+    images, _ = plain.images("test", range(len(labels)))
+    x = plain.preprocess(images)
+    with torch.no_grad():
+        views = [model(v).float() for v in (x, shift(x, 1), shift(x, -1))]
+        views += [model(v.flip(-1)).float() for v in (x, shift(x, 1), shift(x, -1))]
+    assert not torch.allclose(views[0], views[1], atol=1e-4)  # a shift changes the logits
+    torch.testing.assert_close(logits, torch.stack(views).mean(dim=0))
+    with pytest.raises(UserError, match=r"data.eval_shift: expected fewer pixels than data.im"):
+        ImageDataConfig(eval_shift=8).validate()  # digits are 8x8
+    with pytest.raises(UserError, match=r"data.eval_shift: expected >= 0, got -1"):
+        ImageDataConfig(eval_shift=-1).validate()
 
 
 def test_resnet18_baseline_keeps_small_images_large(tmp_path: Path) -> None:
@@ -317,9 +347,9 @@ def test_evaluate_overrides_change_how_images_are_scored_only(tmp_path: Path) ->
     saved = config_to_dict(ImageClassificationConfig(data=ImageDataConfig(eval_batch_size=64)))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     overrides = ["data.eval_batch_size=7", "data.eval_hflip=true", "train.precision=fp32"]
-    config, _ = load_run(tmp_path, overrides=overrides)
+    config, _ = load_run(tmp_path, overrides=[*overrides, "data.eval_shift=1"])
     assert config.data.eval_batch_size == 7 and config.train.precision == "fp32"
-    assert config.data.eval_hflip is True
+    assert config.data.eval_hflip is True and config.data.eval_shift == 1
     assert "eval_batch_size: 64" in (tmp_path / "config.yaml").read_text()  # the run is untouched
     with pytest.raises(UserError, match="only these keys can be overridden here: data.eval_batch"):
         load_run(tmp_path, overrides=["data.image_size=64"])  # how inputs are prepared: refused

@@ -24,6 +24,7 @@ __all__ = [
     "mix_batch",
     "normalize",
     "random_erase",
+    "shift",
     "soft_cross_entropy",
 ]
 
@@ -64,6 +65,16 @@ def random_resized_crop(images: Tensor, size: int, scale: tuple[float, float]) -
     grid = F.affine_grid(theta.to(images.device), [b, 3, size, size], align_corners=False)
     out = F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
     return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def shift(images: Tensor, pixels: int) -> Tensor:
+    """``[B, C, H, W]`` images moved ``pixels`` down and right (up and left when negative),
+    the uncovered border filled by reflection: one of `pad_crop`'s windows, chosen.
+    """
+    p = abs(pixels)
+    padded = F.pad(images, [p] * 4, mode="reflect")  # [B, C, H + 2p, W + 2p]
+    start = p - pixels  # the window's top-left corner in the padded image: 0 or 2p
+    return padded[..., start : start + images.shape[-2], start : start + images.shape[-1]]
 
 
 def pad_crop(images: Tensor, padding: int) -> Tensor:

@@ -175,6 +175,10 @@ class ImageDataConfig:
         eval_batch_size: Images per evaluation batch.
         eval_hflip: At evaluation and in ``classify``, average the logits of each image and of
             its mirror image (flip test-time augmentation; twice the inference cost).
+        eval_shift: At evaluation and in ``classify``, also average the logits of each image
+            moved this many pixels down-right and up-left (reflection padding, as the
+            training crops pad), and their mirror images with ``eval_hflip``; 0 disables it.
+            3x the inference cost.
         num_workers: Threads that decode images (0: one per CPU core).
     """
 
@@ -209,6 +213,7 @@ class ImageDataConfig:
     batch_size: int = 128
     eval_batch_size: int = 256
     eval_hflip: bool = False
+    eval_shift: int = 0
     num_workers: int = 0
 
     def validate(self) -> None:
@@ -226,7 +231,7 @@ class ImageDataConfig:
                 raise UserError(
                     f"data.{key}: expected a positive integer, got {getattr(self, key)}"
                 )
-        for key in ("holdout", "test_holdout", "padding", "num_workers"):
+        for key in ("holdout", "test_holdout", "padding", "eval_shift", "num_workers"):
             if getattr(self, key) < 0:
                 raise UserError(f"data.{key}: expected >= 0, got {getattr(self, key)}")
         unit = ("crop_scale", "mix_prob", "random_erasing", "label_smoothing")
@@ -241,6 +246,11 @@ class ImageDataConfig:
                 raise UserError(f"data.{key}: expected 3 values (R, G, B)")
         if any(s <= 0 for s in self.std):
             raise UserError(f"data.std: expected positive values, got {list(self.std)}")
+        if self.eval_shift >= self.image_size:
+            raise UserError(
+                f"data.eval_shift: expected fewer pixels than data.image_size "
+                f"({self.image_size}), got {self.eval_shift}"
+            )
         if self.store_size is not None and self.store_size <= 0:
             raise UserError(f"data.store_size: expected a positive integer, got {self.store_size}")
 
@@ -264,6 +274,7 @@ class ImageClassificationConfig:
     EVALUATE_OVERRIDES: ClassVar[tuple[str, ...]] = (
         "data.eval_batch_size",
         "data.eval_hflip",
+        "data.eval_shift",
         "data.num_workers",
         "train.precision",
         "train.device",

@@ -11,7 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tasks.image_classification.augment import TrainAugment, eval_transform, soft_cross_entropy
+from tasks.image_classification.augment import (
+    TrainAugment,
+    eval_transform,
+    shift,
+    soft_cross_entropy,
+)
 from tasks.image_classification.config import ImageClassificationConfig
 from tasks.image_classification.data import ImageRecords, ImageStore, load_splits
 from tasks.image_classification.images import decode_image, fit_square
@@ -229,13 +234,19 @@ class ImageClassificationTask:
         return torch.cat(outputs), store.labels
 
     def _logits(self, model: nn.Module, x: Tensor) -> Tensor:
-        """float32 logits of normalized images ``x``, averaged with the mirror images' when
-        ``data.eval_hflip`` (the classes of photos do not change under a left-right flip).
+        """float32 logits of normalized images ``x``, averaged over the test-time views.
+
+        The views: ``x``; with ``data.eval_shift`` x moved by that many pixels down-right and
+        up-left; with ``data.eval_hflip`` the mirror image of each (the classes of photos do
+        not change under a left-right flip or a small translation).
         """
-        logits = model(x).float()
-        if self.config.data.eval_hflip:
-            logits = (logits + model(x.flip(-1)).float()) / 2
-        return logits
+        data = self.config.data
+        views = [x]
+        if data.eval_shift:
+            views += [shift(x, data.eval_shift), shift(x, -data.eval_shift)]
+        if data.eval_hflip:
+            views += [v.flip(-1) for v in views]
+        return torch.stack([model(v).float() for v in views]).mean(dim=0)
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         """Top-1 ``accuracy`` and ``top5`` (fractions in 0..1), mean cross-entropy ``loss``,
