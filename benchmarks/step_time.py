@@ -4,9 +4,10 @@
         --variant "" --variant "model.stem_widths=[32,64,128] model.patch_drop=0.75"
 
 Each ``--variant`` is a space-separated list of dotted overrides ("" is the config as it is).
-Every variant builds the task's model, optimizer and EMA as `unitransformer train` does and
-times its parts (data, forward, backward, clipping, optimizer, EMA) over ``--steps`` steps
-after ``--warmup``, round-robin, so that the variants share the machine's state; the table
+Every variant builds the task's model, optimizer and EMA as `unitransformer train` does, on the
+CPU (the machines this compares recipes for), and times its parts (data, forward, backward,
+clipping, optimizer, EMA) over ``--steps`` steps after ``--warmup``, round-robin, so that the
+variants share the machine's state; the table
 gives milliseconds per step and items per second, and each variant's speed relative to the
 first. A recipe comparison on one machine, not a peer comparison: prints, writes nothing.
 """
@@ -50,7 +51,8 @@ class Variant:
         self.model = self.task.build_model()
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
         self.optimizer = build_optimizer(groups, self.config.optim)
-        self.ema = EMA(self.model, self.config.train.ema_decay or 0.999)
+        decay = self.config.train.ema_decay
+        self.ema = EMA(self.model, decay) if decay > 0 else None  # as the trainer: none at 0
         self.device = torch.device("cpu")
         self.precision = resolve_precision(self.config.train.precision, self.device)
         self.stream = self.task.train_batches(0, 0, 1)
@@ -74,7 +76,8 @@ class Variant:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
-        self.ema.update(self.model)
+        if self.ema is not None:
+            self.ema.update(self.model)
         marks.append(time.perf_counter())
         if record:
             for part, start, end in zip(PARTS, marks, marks[1:], strict=False):
