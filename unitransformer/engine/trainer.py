@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ from unitransformer.engine.monitor import MetricsLog, Progress, format_clock, pl
 from unitransformer.engine.optim import EMA, build_optimizer, build_scheduler
 from unitransformer.engine.runtime import autocast, check_precision, move_to, seed_everything
 from unitransformer.engine.signals import StopSignals
-from unitransformer.engine.task import Task, batches_from
+from unitransformer.engine.state import LoopState, resumable_batches
+from unitransformer.engine.task import Task
 from unitransformer.errors import UserError
 
 __all__ = ["Trainer", "TrainingStoppedError"]
@@ -42,23 +42,6 @@ log = logging.getLogger("unitransformer")
 
 class TrainingStoppedError(UserError):
     """Training cannot go on (e.g. too many non-finite losses); the last good checkpoint stays."""
-
-
-@dataclass
-class LoopState:
-    """What the loop needs besides the weights and optimizer to resume exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_index: int = 0
-    best_value: float | None = None
-    best_step: int = -1
-    evals_since_best: int = 0
-    nonfinite: int = 0
-    # Wall-clock seconds of the processes that led to this state (setup, steps, evaluations),
-    # summed over resumes: a training budget ("3 hours on this CPU") survives interruptions.
-    # Time a killed process spent after its last checkpoint is lost with its steps.
-    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -188,22 +171,8 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _batches(self) -> Iterator[Any]:
-        """Batches from the saved position on, epoch after epoch, keeping the position."""
-        s = self.state
-        while True:
-            seen = False
-            source = self.task.train_batches(s.epoch, self.dist.rank, self.dist.world_size)
-            for batch in batches_from(source, s.batch_index):
-                seen = True
-                s.batch_index += 1
-                yield batch
-            if not seen and s.batch_index == 0:
-                raise UserError(f"the task gave no training batches for epoch {s.epoch}")
-            s.epoch, s.batch_index = s.epoch + 1, 0
-
     def _loop(self) -> None:
-        stream = self._batches()
+        stream = resumable_batches(self.state, self.task, self.dist.rank, self.dist.world_size)
         window: dict[str, float] = {}
         items, t0 = 0, time.perf_counter()
         while self.state.step < self.tc.max_steps and not self.stop_reason:
@@ -341,17 +310,11 @@ class Trainer:
             shown = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()))
             elapsed = format_clock(self._tick())
             self.progress.message(f"step {s.step} val: {shown}  ({elapsed} of training)")
-        better = s.best_value is None or (
-            value > s.best_value if self.ec.mode == "max" else value < s.best_value
-        )
-        if better:
-            s.best_value, s.best_step, s.evals_since_best = value, s.step, 0
-        else:
-            s.evals_since_best += 1
-            if self.ec.early_stopping and s.evals_since_best >= self.ec.early_stopping:
-                self.stop_reason = (
-                    f"early stopping: {s.evals_since_best} evaluations without improvement"
-                )
+        better = s.record_eval(value, self.ec.mode)
+        if self.ec.early_stopping and s.evals_since_best >= self.ec.early_stopping:
+            self.stop_reason = (
+                f"early stopping: {s.evals_since_best} evaluations without improvement"
+            )
         return better
 
     def _save(self) -> None:
