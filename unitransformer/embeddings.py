@@ -137,8 +137,18 @@ class ResidualConvBlock(nn.Module):
         return F.relu(x + self.bn2(self.conv2(y)), inplace=True)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
-    """A 3x3 convolution (no bias: BatchNorm follows), BatchNorm and ReLU, as layers."""
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, stride: int, pool: bool = False
+) -> list[nn.Module]:
+    """A 3x3 convolution (no bias: BatchNorm follows), BatchNorm and ReLU, as layers.
+
+    With ``pool`` a stride-2 step is a stride-1 convolution and a 2x2 max-pool before the
+    BatchNorm (the downsampling of Page's and Jordan's fast CIFAR-10 ConvNets): four times the
+    convolution's work of a strided one, every output pixel of it seen by the pool.
+    """
+    if pool and stride == 2:
+        conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        return [conv, nn.MaxPool2d(2), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
     return [
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -170,6 +180,8 @@ class ConvStem(nn.Module):
             ``input_blocks`` > 0, then one per strided convolution), in place of ``width``
             doubled at each stride; e.g. ``(64, 128, 256)`` gives stages 1-3 of a ResNet-18
             for small images, the stages the paper's hybrid keeps of its ResNet.
+        downsample: ``stride`` (stride-2 convolutions) or ``pool`` (a stride-1 convolution
+            and a 2x2 max-pool, see `_conv_bn_relu`).
     """
 
     def __init__(
@@ -181,8 +193,11 @@ class ConvStem(nn.Module):
         blocks: int = 0,
         input_blocks: int = 0,
         widths: Sequence[int] = (),
+        downsample: str = "stride",
     ) -> None:
         super().__init__()
+        if downsample not in ("stride", "pool"):
+            raise ValueError(f"downsample: expected 'stride' or 'pool', got {downsample!r}")
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"the conv stem needs a power-of-two patch_size, got {patch_size}")
         if blocks < 0 or input_blocks < 0:
@@ -209,7 +224,7 @@ class ConvStem(nn.Module):
             layers += [ResidualConvBlock(widths[0]) for _ in range(input_blocks)]
             channels = widths[0]
         for out in widths[stages - strided :]:
-            layers += _conv_bn_relu(channels, out, stride=2)
+            layers += _conv_bn_relu(channels, out, stride=2, pool=downsample == "pool")
             layers += [ResidualConvBlock(out) for _ in range(blocks)]
             channels = out
         self.convs = nn.Sequential(*layers)

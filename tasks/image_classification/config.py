@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from tasks.image_classification.distill import DistillConfig
 from unitransformer.engine.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
 from unitransformer.errors import UserError
 from unitransformer.models import VIT_SIZES
@@ -27,6 +28,7 @@ VIT_SHAPE = (
     "stem_blocks",
     "stem_input_blocks",
     "stem_widths",
+    "stem_downsample",
 )
 
 
@@ -35,7 +37,9 @@ class ImageModelConfig:
     """The classifier.
 
     Attributes:
-        arch: ``vit`` (the Vision Transformer) or ``resnet18`` (the small-image baseline).
+        arch: ``vit`` (the Vision Transformer), ``resnet18`` (the small-image baseline) or
+            ``convnet`` (the fast small-image ConvNet of `convnet.ConvNet`, a distillation
+            teacher).
         size: A ViT size of `unitransformer.models.VIT_SIZES`; ``None`` takes every shape
             field below (which must then all be set) directly.
         patch_size: Overrides the size's patch side.
@@ -53,6 +57,8 @@ class ImageModelConfig:
         stem_widths: Overrides the channels of each stem stage, first to last (the
             input-resolution stage when there is one, then one per strided convolution), e.g.
             ``[64, 128, 256]``: stages 1-3 of a small-image ResNet-18, as the paper's hybrid.
+        stem_downsample: Overrides how the conv stem halves the resolution: ``stride``
+            (stride-2 convolutions) or ``pool`` (stride-1 convolutions and 2x2 max-pools).
         dropout: Dropout on embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -63,7 +69,7 @@ class ImageModelConfig:
             with a new head and position embeddings resampled to ``data.image_size``.
     """
 
-    arch: Literal["vit", "resnet18"] = "vit"
+    arch: Literal["vit", "resnet18", "convnet"] = "vit"
     size: str | None = "digits"
     patch_size: int | None = None
     dim: int | None = None
@@ -76,6 +82,7 @@ class ImageModelConfig:
     stem_blocks: int | None = None
     stem_input_blocks: int | None = None
     stem_widths: tuple[int, ...] | None = None
+    stem_downsample: Literal["stride", "pool"] | None = None
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -97,8 +104,10 @@ class ImageModelConfig:
 
     def validate(self) -> None:
         """Raises `UserError` naming the first ``model.*`` key that is out of range."""
-        if self.arch not in ("vit", "resnet18"):
-            raise UserError(f"model.arch: expected 'vit' or 'resnet18', got {self.arch!r}")
+        if self.arch not in ("vit", "resnet18", "convnet"):
+            raise UserError(
+                f"model.arch: expected 'vit', 'resnet18' or 'convnet', got {self.arch!r}"
+            )
         if self.arch == "vit" and self.pretrained is None:
             if self.size is not None and self.size not in VIT_SIZES:
                 raise UserError(
@@ -114,7 +123,7 @@ class ImageModelConfig:
                     raise UserError(
                         f"model.{key}: the pretrained checkpoint sets the shape; leave it null"
                     )
-        if self.arch == "resnet18" and self.pretrained is not None:
+        if self.arch != "vit" and self.pretrained is not None:
             raise UserError("model.pretrained: only a ViT can be fine-tuned (model.arch: vit)")
         if self.stem_width is not None and self.stem_width < 1:
             raise UserError(f"model.stem_width: expected >= 1 channel, got {self.stem_width}")
@@ -267,6 +276,7 @@ class ImageClassificationConfig:
         schedule: Warmup then cosine decay.
         train: The loop (steps, precision, EMA of the weights, seed).
         eval: Evaluation; picks the best checkpoint by top-1 ``accuracy`` (a fraction).
+        distill: Distillation from a trained teacher run (off unless ``distill.teacher``).
     """
 
     # What `unitransformer evaluate RUN_DIR key=value` may change: how a model is run, never
@@ -289,6 +299,7 @@ class ImageClassificationConfig:
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(metric="accuracy", mode="max"))
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
         """Raises `UserError` naming the first key that is out of range."""
@@ -296,6 +307,7 @@ class ImageClassificationConfig:
             raise UserError(f"task: expected 'image_classification', got {self.task!r}")
         self.model.validate()
         self.data.validate()
+        self.distill.validate()
         metrics = {"accuracy", "top5", "loss"}
         if self.eval.metric not in metrics:
             raise UserError(

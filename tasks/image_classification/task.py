@@ -18,7 +18,9 @@ from tasks.image_classification.augment import (
     soft_cross_entropy,
 )
 from tasks.image_classification.config import ImageClassificationConfig
+from tasks.image_classification.convnet import ConvNet
 from tasks.image_classification.data import ImageRecords, ImageStore, load_splits
+from tasks.image_classification.distill import Teacher, distillation_loss
 from tasks.image_classification.images import decode_image, fit_square
 from tasks.image_classification.metrics import (
     confusion_matrix,
@@ -58,6 +60,7 @@ class ImageClassificationTask:
         self._records: dict[str, ImageRecords] | None = None
         self._stores: dict[str, ImageStore] = {}
         self._loaded_pretrained = False
+        self.teacher: Teacher | None = None
 
     # ----- assets -------------------------------------------------------------------------
     def prepare(self, run_dir: Path) -> None:
@@ -120,6 +123,8 @@ class ImageClassificationTask:
         m, data = self.config.model, self.config.data
         if m.arch == "resnet18":
             return small_resnet18(self.num_classes)
+        if m.arch == "convnet":
+            return ConvNet(self.num_classes)
         if m.pretrained is not None:
             return self._pretrained_vit()
         base = ViTConfig.named(m.size) if m.size is not None else ViTConfig()
@@ -207,8 +212,19 @@ class ImageClassificationTask:
         labels = batch["labels"].to(device, non_blocking=True)
         logits = model(images)
         loss = soft_cross_entropy(logits, targets, self.config.data.label_smoothing)
-        accuracy = (logits.detach().argmax(-1) == labels).float().mean()
-        return StepOutput(loss=loss, num_items=int(images.shape[0]), logs={"accuracy": accuracy})
+        logs = {"accuracy": (logits.detach().argmax(-1) == labels).float().mean()}
+        if self.config.distill.teacher is not None:
+            teacher = self._teacher()(images)
+            loss = distillation_loss(logits, teacher, self.config.distill, loss)
+            logs["teacher_accuracy"] = (teacher.argmax(-1) == labels).float().mean()
+        return StepOutput(loss=loss, num_items=int(images.shape[0]), logs=logs)
+
+    def _teacher(self) -> Teacher:
+        if self.teacher is None:
+            data = self.config.data
+            keys = {"image_size": data.image_size, "mean": data.mean, "std": data.std}
+            self.teacher = Teacher(self.config.distill, keys, list(self.class_names or []))
+        return self.teacher
 
     # ----- evaluation ---------------------------------------------------------------------
     @torch.no_grad()

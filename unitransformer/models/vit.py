@@ -39,6 +39,8 @@ class ViTConfig:
             stride-1 convolution (0: none; the stem starts with a strided convolution).
         stem_widths: Channels of each conv-stem stage (see `ConvStem`); empty doubles
             ``stem_width`` at each strided convolution.
+        stem_downsample: ``stride`` (stride-2 convolutions) or ``pool`` (stride-1
+            convolutions, each followed by a 2x2 max-pool) in the conv stem.
         dropout: Dropout on the embeddings and residual branches.
         attn_dropout: Dropout on attention probabilities.
         drop_path: Stochastic-depth rate of the last block.
@@ -63,6 +65,7 @@ class ViTConfig:
     stem_blocks: int = 0
     stem_input_blocks: int = 0
     stem_widths: tuple[int, ...] = ()
+    stem_downsample: Literal["stride", "pool"] = "stride"
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -118,6 +121,7 @@ class VisionTransformer(nn.Module):
                 c.stem_blocks,
                 c.stem_input_blocks,
                 c.stem_widths,
+                c.stem_downsample,
             )
         else:
             self.patch_embed = PatchEmbedding(c.dim, c.patch_size, c.in_chans)
