@@ -160,3 +160,13 @@ def test_hybrid_conv_stem_makes_the_same_tokens_grid():
     assert model(images).shape == (2, 10)
     with pytest.raises(ValueError, match="power-of-two"):
         VisionTransformer(ViTConfig.named("ti16", depth=1, patch_size=14, stem="conv"))
+
+
+def test_conv_stem_gradients_keep_the_weights_layout():
+    # DDP builds its gradient buckets with each parameter's strides; a conv weight whose
+    # gradient comes out in another layout makes it warn and copy at every step.
+    torch.manual_seed(0)
+    stem = ConvStem(dim=16, patch_size=4, width=8, blocks=1, input_blocks=1)
+    stem(torch.randn(2, 3, 16, 16)).sum().backward()
+    convs = [p for p in stem.parameters() if p.dim() == 4]
+    assert convs and all(p.grad.stride() == p.stride() for p in convs)

@@ -229,6 +229,11 @@ class ConvStem(nn.Module):
             channels = out
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, dim, kernel_size=1)
+        # The weights are stored NHWC, as the activations are (see `forward`), so that their
+        # gradients come out in the weights' own layout: DDP's buckets need that (it warned
+        # "grad strides do not match bucket view strides" and copied at every step).
+        # Checkpoints are saved contiguous, so the state dict does not depend on it.
+        self.to(memory_format=torch.channels_last)
 
     @staticmethod
     def num_stages(patch_size: int, input_blocks: int) -> int:
