@@ -7,7 +7,8 @@ Each ``--variant`` is a space-separated list of dotted overrides ("" is the conf
 Every variant builds the task's model, optimizer and EMA as `unitransformer train` does, on the
 CPU (the machines this compares recipes for), and times its parts (data, forward, backward,
 clipping, optimizer, EMA) over ``--steps`` steps after ``--warmup``, round-robin, so that the
-variants share the machine's state; the table
+variants share the machine's state (``train.compile=true`` compiles the model, as the trainer
+does; its compilation falls in the warm-up steps); the table
 gives milliseconds per step and items per second, and each variant's speed relative to the
 first. A recipe comparison on one machine, not a peer comparison: prints, writes nothing.
 """
@@ -53,6 +54,8 @@ class Variant:
         self.optimizer = build_optimizer(groups, self.config.optim)
         decay = self.config.train.ema_decay
         self.ema = EMA(self.model, decay) if decay > 0 else None  # as the trainer: none at 0
+        # `train.compile=true` times the compiled forward and backward, as the trainer runs them
+        self.forward_model = torch.compile(self.model) if self.config.train.compile else self.model
         self.device = torch.device("cpu")
         self.precision = resolve_precision(self.config.train.precision, self.device)
         self.stream = self.task.train_batches(0, 0, 1)
@@ -65,7 +68,7 @@ class Variant:
         batch = next(self.stream)
         marks.append(time.perf_counter())
         with autocast(self.device, self.precision):
-            out = self.task.loss(self.model, batch)
+            out = self.task.loss(self.forward_model, batch)
         marks.append(time.perf_counter())
         out.loss.float().backward()
         marks.append(time.perf_counter())

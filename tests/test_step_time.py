@@ -35,3 +35,12 @@ def test_overrides_reach_the_model():
     deep = step_time.Variant(CONFIG, ["model.depth=2"])
     count = lambda v: sum(p.numel() for p in v.model.parameters())  # noqa: E731
     assert count(shallow) < count(deep)
+
+
+def test_compile_override_times_the_compiled_model():
+    eager = step_time.Variant(CONFIG, [])
+    compiled = step_time.Variant(CONFIG, ["train.compile=true"])
+    assert eager.forward_model is eager.model
+    # The compiled wrapper runs the same module (its weights, optimizer and EMA are shared).
+    assert compiled.forward_model is not compiled.model
+    assert getattr(compiled.forward_model, "_orig_mod", None) is compiled.model
