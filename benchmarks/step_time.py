@@ -32,6 +32,7 @@ from unitransformer.engine.loader import load_config, read_yaml  # noqa: E402
 from unitransformer.engine.optim import EMA, build_optimizer  # noqa: E402
 from unitransformer.engine.runtime import (  # noqa: E402
     autocast,
+    compile_model,
     keep_freed_memory,
     resolve_precision,
 )
@@ -55,8 +56,9 @@ class Variant:
         decay = self.config.train.ema_decay
         self.ema = EMA(self.model, decay) if decay > 0 else None  # as the trainer: none at 0
         # `train.compile=true` times the compiled forward and backward, as the trainer runs them
-        self.forward_model = torch.compile(self.model) if self.config.train.compile else self.model
         self.device = torch.device("cpu")
+        compiled = self.config.train.compile
+        self.forward_model = compile_model(self.model, self.device) if compiled else self.model
         self.precision = resolve_precision(self.config.train.precision, self.device)
         self.stream = self.task.train_batches(0, 0, 1)
         self.seconds = dict.fromkeys(PARTS, 0.0)

@@ -118,7 +118,8 @@ class TrainConfig:
             multiplies: AVX-512 BF16 or AMX CPUs, Ampere or newer GPUs; fp32 elsewhere),
             ``fp32``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (autocast + scaler, CUDA).
         device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
-        compile: Wrap the model in ``torch.compile``.
+        compile: Wrap the model in ``torch.compile`` (on a CPU without a C++ compiler, a
+            warning and eager training instead).
         ema_decay: Keep an exponential moving average of the weights; 0 disables it.
         seed: Seed of everything random: init, data order, dropout, augmentation.
         deterministic: Deterministic algorithms (bit-exact resume and DDP checks on CPU).

@@ -29,7 +29,13 @@ from unitransformer.engine import distributed as D
 from unitransformer.engine.loader import config_to_dict
 from unitransformer.engine.monitor import MetricsLog, Progress, format_clock, plot_curves
 from unitransformer.engine.optim import EMA, build_optimizer, build_scheduler
-from unitransformer.engine.runtime import autocast, check_precision, move_to, seed_everything
+from unitransformer.engine.runtime import (
+    autocast,
+    check_precision,
+    compile_model,
+    move_to,
+    seed_everything,
+)
 from unitransformer.engine.signals import StopSignals
 from unitransformer.engine.state import LoopState, resumable_batches
 from unitransformer.engine.task import Task
@@ -143,7 +149,7 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         if found is not None:
             self._restore(*found)
-        self.train_model = torch.compile(self.wrapped) if tc.compile else self.wrapped
+        self.train_model = compile_model(self.wrapped, self.device) if tc.compile else self.wrapped
 
     def _restore(self, directory: Path, meta: dict[str, Any]) -> None:
         state = ckpt.load_state(directory)
