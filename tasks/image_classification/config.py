@@ -189,6 +189,11 @@ class ImageDataConfig:
             training crops pad), and their mirror images with ``eval_hflip``; 0 disables it.
             3x the inference cost.
         num_workers: Threads that decode images (0: one per CPU core).
+        low_res_size: Progressive resizing: the side the augmented training images are
+            downscaled to (antialiased bilinear) during the first ``low_res_epochs`` epochs,
+            where each step is cheaper (a ViT interpolates its position embeddings to the
+            smaller grid); evaluation always sees ``image_size``.
+        low_res_epochs: Epochs trained at ``low_res_size``; 0 disables progressive resizing.
     """
 
     source: SourceKind = "digits"
@@ -224,6 +229,8 @@ class ImageDataConfig:
     eval_hflip: bool = False
     eval_shift: int = 0
     num_workers: int = 0
+    low_res_size: int = 0
+    low_res_epochs: int = 0
 
     def validate(self) -> None:
         """Raises `UserError` naming the first ``data.*`` key that is missing or out of range."""
@@ -240,7 +247,8 @@ class ImageDataConfig:
                 raise UserError(
                     f"data.{key}: expected a positive integer, got {getattr(self, key)}"
                 )
-        for key in ("holdout", "test_holdout", "padding", "eval_shift", "num_workers"):
+        nonnegative = ("holdout", "test_holdout", "padding", "eval_shift", "num_workers")
+        for key in (*nonnegative, "low_res_size", "low_res_epochs"):
             if getattr(self, key) < 0:
                 raise UserError(f"data.{key}: expected >= 0, got {getattr(self, key)}")
         unit = ("crop_scale", "mix_prob", "random_erasing", "label_smoothing")
@@ -262,6 +270,12 @@ class ImageDataConfig:
             )
         if self.store_size is not None and self.store_size <= 0:
             raise UserError(f"data.store_size: expected a positive integer, got {self.store_size}")
+        if self.low_res_epochs and not 0 < self.low_res_size < self.image_size:
+            raise UserError(
+                f"data.low_res_size: expected a side in 1..{self.image_size - 1} (below "
+                f"data.image_size) with data.low_res_epochs: {self.low_res_epochs}, "
+                f"got {self.low_res_size}"
+            )
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tasks.image_classification.augment import (
@@ -202,6 +203,11 @@ class ImageClassificationTask:
                 # much global randomness the model (dropout, drop-path) consumed meanwhile.
                 torch.manual_seed(hash((seed, epoch, i, rank)) & 0x7FFF_FFFF_FFFF)
                 x, targets = augment(images, labels)
+            if epoch < self.config.data.low_res_epochs:
+                side = self.config.data.low_res_size
+                # After the crop and flip at full size, so that low-res epochs see the same
+                # views, only coarser; antialiasing keeps the downscale from aliasing.
+                x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
             yield {"images": x, "targets": targets, "labels": labels}
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> StepOutput:

@@ -163,7 +163,9 @@ def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
                 ", ".join(names),
             )
             return model
-    return torch.compile(model)
+    # Static shapes: a training run sees a few of them (progressive resizing, a last partial
+    # batch), and one specialized graph each beats a shape-generic one.
+    return torch.compile(model, dynamic=False)
 
 
 def evaluate_run(
