@@ -31,3 +31,12 @@ def test_compile_wraps_the_model_when_a_compiler_is_there(monkeypatch: pytest.Mo
     out = runtime.compile_model(model, torch.device("cpu"))
     assert out is not model and out._orig_mod is model  # torch.compile's wrapper, built lazily
     assert seen == ["my-c++"]  # $CXX is honoured, its flags dropped
+
+
+def test_compile_specializes_each_input_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Progressive resizing feeds two image sizes: a static graph per size, not a dynamic one.
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: "/bin/" + name)
+    monkeypatch.setattr(runtime.torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    runtime.compile_model(nn.Linear(4, 2), torch.device("cpu"))
+    assert calls == [{"dynamic": False}]
