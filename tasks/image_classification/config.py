@@ -192,8 +192,10 @@ class ImageDataConfig:
         low_res_size: Progressive resizing: the side the augmented training images are
             downscaled to (antialiased bilinear) during the first ``low_res_epochs`` epochs,
             where each step is cheaper (a ViT interpolates its position embeddings to the
-            smaller grid); evaluation always sees ``image_size``.
-        low_res_epochs: Epochs trained at ``low_res_size``; 0 disables progressive resizing.
+            smaller grid); evaluation always sees ``image_size``. A list gives stages of
+            growing sides (``[16, 24]``), one per entry of ``low_res_epochs``.
+        low_res_epochs: Epochs trained at ``low_res_size`` (a list: at each of its sides, in
+            order); 0 disables progressive resizing.
     """
 
     source: SourceKind = "digits"
@@ -229,8 +231,22 @@ class ImageDataConfig:
     eval_hflip: bool = False
     eval_shift: int = 0
     num_workers: int = 0
-    low_res_size: int = 0
-    low_res_epochs: int = 0
+    low_res_size: int | tuple[int, ...] = 0
+    low_res_epochs: int | tuple[int, ...] = 0
+
+    def low_res_stages(self) -> list[tuple[int, int]]:
+        """The progressive-resizing stages as ``(side, epochs)`` pairs, in training order."""
+        sides, epochs = _as_tuple(self.low_res_size), _as_tuple(self.low_res_epochs)
+        return list(zip(sides, epochs, strict=False))
+
+    def train_side(self, epoch: int) -> int:
+        """The side of the training images of ``epoch`` (0-based) under progressive resizing."""
+        end = 0
+        for side, epochs in self.low_res_stages():
+            end += epochs
+            if epoch < end:
+                return side
+        return self.image_size
 
     def validate(self) -> None:
         """Raises `UserError` naming the first ``data.*`` key that is missing or out of range."""
@@ -248,7 +264,7 @@ class ImageDataConfig:
                     f"data.{key}: expected a positive integer, got {getattr(self, key)}"
                 )
         nonnegative = ("holdout", "test_holdout", "padding", "eval_shift", "num_workers")
-        for key in (*nonnegative, "low_res_size", "low_res_epochs"):
+        for key in nonnegative:
             if getattr(self, key) < 0:
                 raise UserError(f"data.{key}: expected >= 0, got {getattr(self, key)}")
         unit = ("crop_scale", "mix_prob", "random_erasing", "label_smoothing")
@@ -270,12 +286,30 @@ class ImageDataConfig:
             )
         if self.store_size is not None and self.store_size <= 0:
             raise UserError(f"data.store_size: expected a positive integer, got {self.store_size}")
-        if self.low_res_epochs and not 0 < self.low_res_size < self.image_size:
+        self._validate_low_res()
+
+    def _validate_low_res(self) -> None:
+        sides, epochs = _as_tuple(self.low_res_size), _as_tuple(self.low_res_epochs)
+        if any(e < 0 for e in epochs):
+            raise UserError(f"data.low_res_epochs: expected >= 0, got {self.low_res_epochs}")
+        if not any(epochs):
+            return  # progressive resizing is off: the sides are ignored
+        if len(sides) != len(epochs):
             raise UserError(
-                f"data.low_res_size: expected a side in 1..{self.image_size - 1} (below "
-                f"data.image_size) with data.low_res_epochs: {self.low_res_epochs}, "
-                f"got {self.low_res_size}"
+                f"data.low_res_size: expected one side per entry of data.low_res_epochs "
+                f"({len(epochs)}), got {self.low_res_size}"
             )
+        for side, n in zip(sides, epochs, strict=True):
+            if n and not 0 < side < self.image_size:
+                raise UserError(
+                    f"data.low_res_size: expected a side in 1..{self.image_size - 1} (below "
+                    f"data.image_size) with data.low_res_epochs: {self.low_res_epochs}, "
+                    f"got {self.low_res_size}"
+                )
+
+
+def _as_tuple(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
 
 
 @dataclass

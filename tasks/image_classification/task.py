@@ -203,8 +203,8 @@ class ImageClassificationTask:
                 # much global randomness the model (dropout, drop-path) consumed meanwhile.
                 torch.manual_seed(hash((seed, epoch, i, rank)) & 0x7FFF_FFFF_FFFF)
                 x, targets = augment(images, labels)
-            if epoch < self.config.data.low_res_epochs:
-                side = self.config.data.low_res_size
+            side = self.config.data.train_side(epoch)
+            if side != self.config.data.image_size:
                 # After the crop and flip at full size, so that low-res epochs see the same
                 # views, only coarser; antialiasing keeps the downscale from aliasing.
                 x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
