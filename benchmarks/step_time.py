@@ -7,7 +7,9 @@ Each ``--variant`` is a space-separated list of dotted overrides ("" is the conf
 Every variant builds the task's model, optimizer and EMA as `unitransformer train` does, on the
 CPU (the machines this compares recipes for), and times its parts (data, forward, backward,
 clipping, optimizer, EMA) over ``--steps`` steps after ``--warmup``, round-robin, so that the
-variants share the machine's state (``train.compile=true`` compiles the model, as the trainer
+variants share the machine's state. The batches are those of epoch ``--epoch`` (default 0):
+under progressive resizing (``data.low_res_epochs``) the first epochs train on smaller images,
+so pass an epoch after them to time the full-size step (``train.compile=true`` compiles the model, as the trainer
 does; its compilation falls in the warm-up steps); the table
 gives milliseconds per step and items per second, and each variant's speed relative to the
 first. A recipe comparison on one machine, not a peer comparison: prints, writes nothing.
@@ -36,6 +38,7 @@ from unitransformer.engine.runtime import (  # noqa: E402
     keep_freed_memory,
     resolve_precision,
 )
+from unitransformer.errors import UserError  # noqa: E402
 
 PARTS = ("data", "forward", "backward", "clip", "optimizer", "ema")
 
@@ -43,7 +46,7 @@ PARTS = ("data", "forward", "backward", "clip", "optimizer", "ema")
 class Variant:
     """One recipe: its task, model, optimizer and EMA, and a stream of training batches."""
 
-    def __init__(self, config_path: str, overrides: list[str]) -> None:
+    def __init__(self, config_path: str, overrides: list[str], epoch: int = 0) -> None:
         data, _ = read_yaml(config_path)
         config_cls, task_cls = resolve_task(data.get("task"), where=config_path)
         self.config = load_config(config_cls, config_path, overrides)
@@ -60,7 +63,7 @@ class Variant:
         compiled = self.config.train.compile
         self.forward_model = compile_model(self.model, self.device) if compiled else self.model
         self.precision = resolve_precision(self.config.train.precision, self.device)
-        self.stream = self.task.train_batches(0, 0, 1)
+        self.stream = self.task.train_batches(epoch, 0, 1)
         self.seconds = dict.fromkeys(PARTS, 0.0)
         self.items = 0
 
@@ -113,15 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=None, help="dotted overrides")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--epoch", type=int, default=0, help="the epoch whose batches are timed")
     args = parser.parse_args(argv)
     keep_freed_memory()
     names = args.variant if args.variant is not None else [""]
-    variants = [Variant(args.config, name.split()) for name in names]
+    try:
+        variants = [Variant(args.config, name.split(), args.epoch) for name in names]
+    except UserError as err:  # a bad override or config: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for i in range(args.warmup + args.steps):
         for v in variants:
             v.step(record=i >= args.warmup)
     info: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    print(f"{args.config}: {args.steps} steps after {args.warmup}, {info}")
+    print(f"{args.config}: epoch {args.epoch}, {args.steps} steps after {args.warmup}, {info}")
     print(table(names, variants, args.steps))
     return 0
 

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tasks.registry import load_run, resolve_task
 from unitransformer.engine import (
@@ -155,11 +155,27 @@ def _import_optional(module_name: str) -> Any:
         raise
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was at creation.
+
+    ``main`` may run many times in one process (tests, notebooks) while ``sys.stderr`` is
+    swapped; a handler bound to the first stream would write to a closed file later.
+    """
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # StreamHandler.__init__ assigns the stream; it is always the current sys.stderr.
+
+
 def _configure_logging() -> None:
     # Only the library's logger: warnings and resume notes as "warning: ..." lines.
     logger = logging.getLogger("unitransformer")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -179,3 +181,14 @@ def test_a_run_from_before_a_key_existed_resumes_while_that_key_keeps_its_defaul
     # The resume wrote the key into the run's config; changing it is a difference as ever.
     assert cli.main([*argv, "data.sleep=0.5"]) == 2
     assert "data.sleep: 0.0 (run) vs 0.5 (now)" in _error_line(capsys)
+
+
+def test_log_lines_follow_sys_stderr_when_it_is_swapped(monkeypatch):
+    # `main` runs many times in one process (tests, notebooks); its handler, made by the first
+    # call, must write to the stderr of the moment, not to a stream closed since.
+    cli._configure_logging()
+    for _ in range(2):
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        logging.getLogger("unitransformer").warning("a note")
+        assert stream.getvalue() == "WARNING: a note\n"

@@ -372,6 +372,21 @@ def test_auto_precision_picks_bf16_only_on_native_bf16_hardware(monkeypatch):
     assert resolve_precision("auto", torch.device("meta")) == "fp32"
 
 
+def test_the_log_names_the_precision_and_why_auto_fell_back_to_fp32(tmp_path, monkeypatch, caplog):
+    # A CPU without native bf16 runs several times slower; the run's log must say why.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with caplog.at_level(logging.INFO, logger="unitransformer"):
+        _train(tmp_path / "auto", "train.max_steps=1", "train.precision=auto")
+    assert "device cpu, precision fp32" in caplog.text
+    assert "no AVX-512 BF16 or AMX" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="unitransformer"):
+        _train(tmp_path / "bf16", "train.max_steps=1", "train.precision=bf16")
+    assert "device cpu, precision bf16" in caplog.text
+    assert "no AVX-512 BF16" not in caplog.text  # an explicit choice needs no excuse
+
+
 def test_progress_eta_counts_from_the_first_line_not_from_start_up(monkeypatch, capsys):
     clock = iter([0.0, 100.0, 110.0])  # construction; step 100 after 90 s of start-up; step 200
     monkeypatch.setattr(monitor.time, "perf_counter", lambda: next(clock))

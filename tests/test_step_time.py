@@ -44,3 +44,18 @@ def test_compile_override_times_the_compiled_model():
     # The compiled wrapper runs the same module (its weights, optimizer and EMA are shared).
     assert compiled.forward_model is not compiled.model
     assert getattr(compiled.forward_model, "_orig_mod", None) is compiled.model
+
+
+def test_epoch_picks_the_stage_of_progressive_resizing():
+    # The digits are 8x8; with one epoch at 4x4 first, epoch 0 times small images, epoch 1 full.
+    stages = ["data.low_res_size=4", "data.low_res_epochs=1"]
+    first = step_time.Variant(CONFIG, stages, epoch=0)
+    later = step_time.Variant(CONFIG, stages, epoch=1)
+    assert next(first.stream)["images"].shape[-1] == 4
+    assert next(later.stream)["images"].shape[-1] == 8
+
+
+def test_a_bad_override_is_one_line_not_a_traceback(capsys):
+    assert step_time.main([CONFIG, "--variant", "model.depthh=1", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.depthh" in err and "Traceback" not in err

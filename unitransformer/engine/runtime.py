@@ -119,6 +119,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if fast_bf16(device) else "fp32"
 
 
+def describe_precision(precision: str, device: torch.device) -> str:
+    """One line for the run's log: the device, the precision it runs in, and why.
+
+    ``auto`` on a CPU without AVX-512 BF16 or AMX falls back to fp32, which is several times
+    slower than bf16 on one that has them; the line says so, so that a slow run explains itself.
+    """
+    resolved = resolve_precision(precision, device)
+    text = f"device {device.type}, precision {resolved}"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        text += f", {threads} thread{'s' if threads != 1 else ''}"
+        if precision == "auto" and resolved == "fp32":
+            text += " (auto: this CPU has no AVX-512 BF16 or AMX, where bf16 would be emulated)"
+    return text
+
+
 # The values of ``train.precision`` (engine.config.TrainConfig) and of `translate --precision`.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -33,6 +33,7 @@ from unitransformer.engine.runtime import (
     autocast,
     check_precision,
     compile_model,
+    describe_precision,
     move_to,
     seed_everything,
 )
@@ -115,6 +116,8 @@ class Trainer:
         seed_everything(tc.seed, tc.deterministic, tc.num_threads)
         self._prepare_task()
         self._build()
+        if self.is_main:  # after the checks of the data and the model, whose errors come first
+            log.info("%s", describe_precision(tc.precision, self.device))
         self.metrics = (
             MetricsLog(self.run_dir, self.state.step, tc.tensorboard) if self.is_main else None
         )
