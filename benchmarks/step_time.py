@@ -7,12 +7,12 @@ Each ``--variant`` is a space-separated list of dotted overrides ("" is the conf
 Every variant builds the task's model, optimizer and EMA as `unitransformer train` does, on the
 CPU (the machines this compares recipes for), and times its parts (data, forward, backward,
 clipping, optimizer, EMA) over ``--steps`` steps after ``--warmup``, round-robin, so that the
-variants share the machine's state. The batches are those of epoch ``--epoch`` (default 0):
-under progressive resizing (``data.low_res_epochs``) the first epochs train on smaller images,
-so pass an epoch after them to time the full-size step (``train.compile=true`` compiles the model, as the trainer
-does; its compilation falls in the warm-up steps); the table
-gives milliseconds per step and items per second, and each variant's speed relative to the
-first. A recipe comparison on one machine, not a peer comparison: prints, writes nothing.
+variants share the machine's state (``train.compile=true`` compiles the model, as the trainer
+does; its compilation falls in the warm-up steps). The batches are those of epoch ``--epoch``
+(default 0): under progressive resizing (``data.low_res_epochs``) the first epochs train on
+smaller images, so pass an epoch after them to time the full-size step. The table gives
+milliseconds per step and items per second, and each variant's speed relative to the first.
+A recipe comparison on one machine, not a peer comparison: prints, writes nothing.
 """
 
 from __future__ import annotations
