@@ -146,3 +146,15 @@ def test_every_vit_row_is_scored_against_the_best_peak_measured_around_the_group
     assert rows[0].notes["MFU (fp32 matmul peak)"] == "ours 50%, timm 40%"
     assert rows[1].notes["MFU (fp32 matmul peak)"] == "ours 100%, timm 80%"
     assert list(rows[0].notes)[:2] == ["MFU (fp32 matmul peak)", "fp32 matmul peak"]
+
+
+def test_quick_augment_benchmark_prints_both_policies_and_leaves_results(capsys):
+    from benchmarks import augment
+
+    before = RESULTS.read_text(encoding="utf-8")
+    assert augment.main(["--quick"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    names = [m["name"] for m in rows]
+    assert len(rows) == 4 and sum("TrivialAugment" in n for n in names) == 2
+    assert all(float(m["ratio"]) > 0 for m in rows)
+    assert RESULTS.read_text(encoding="utf-8") == before

@@ -2,9 +2,10 @@
 
 Crops, flips, random erasing, mixup and cutmix are drawn per image but computed for the whole
 batch at once (one ``grid_sample`` or one gather instead of a Python loop over images), which
-keeps the data path off the critical path on a 2-core CPU. Only RandAugment / TrivialAugment,
-whose operations differ per image, run image by image (torchvision.transforms.v2). All draws use
-torch's global generator, which the task seeds per batch, so that an epoch replays exactly.
+keeps the data path off the critical path on a 2-core CPU. RandAugment and TrivialAugment draw
+an operation per image too, and run one batched call per operation (``autoaugment``, checked
+against torchvision.transforms.v2 operation by operation). All draws use torch's global
+generator, which the task seeds per batch, so that an epoch replays exactly.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms import v2
 
+from tasks.image_classification.autoaugment import rand_augment, trivial_augment
 from tasks.image_classification.config import ImageDataConfig
 
 __all__ = [
@@ -173,11 +174,6 @@ class TrainAugment:
     def __init__(self, cfg: ImageDataConfig, num_classes: int) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
-        self.auto: v2.Transform | None = None
-        if cfg.auto_augment == "randaugment":
-            self.auto = v2.RandAugment(cfg.randaugment_num_ops, cfg.randaugment_magnitude)
-        elif cfg.auto_augment == "trivialaugment":
-            self.auto = v2.TrivialAugmentWide()
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """uint8 ``[B, 3, S, S]`` and labels ``[B]`` -> float ``[B, 3, s, s]`` and targets.
@@ -194,9 +190,10 @@ class TrainAugment:
         if cfg.hflip:
             flip = (torch.rand(images.shape[0]) < 0.5).to(images.device)[:, None, None, None]
             images = torch.where(flip, images.flip(-1), images)
-        if self.auto is not None:
-            # Per image: RandAugment applied to a batch tensor would give all images one op.
-            images = torch.stack([self.auto(image) for image in images])
+        if cfg.auto_augment == "trivialaugment":
+            images = trivial_augment(images)
+        elif cfg.auto_augment == "randaugment":
+            images = rand_augment(images, cfg.randaugment_num_ops, cfg.randaugment_magnitude)
         x = normalize(images, cfg.mean, cfg.std)
         if cfg.random_erasing > 0:
             x = random_erase(x, cfg.random_erasing)

@@ -264,6 +264,7 @@ class ImageDataConfig:
                     f"data.{key}: expected a positive integer, got {getattr(self, key)}"
                 )
         nonnegative = ("holdout", "test_holdout", "padding", "eval_shift", "num_workers")
+        nonnegative += ("randaugment_num_ops",)
         for key in nonnegative:
             if getattr(self, key) < 0:
                 raise UserError(f"data.{key}: expected >= 0, got {getattr(self, key)}")
@@ -271,6 +272,10 @@ class ImageDataConfig:
         for key in unit:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise UserError(f"data.{key}: expected a value in [0, 1], got {getattr(self, key)}")
+        if not 0 <= self.randaugment_magnitude <= 30:
+            raise UserError(
+                f"data.randaugment_magnitude: expected a bin in 0..30, got {self.randaugment_magnitude}"
+            )
         for key in ("mixup_alpha", "cutmix_alpha"):
             if getattr(self, key) < 0:
                 raise UserError(f"data.{key}: expected >= 0 (0 disables), got {getattr(self, key)}")
