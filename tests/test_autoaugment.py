@@ -141,6 +141,15 @@ def test_each_image_gets_its_own_operation_and_a_seed_replays_it() -> None:
     assert first.dtype == torch.uint8 and first.shape == batch.shape
 
 
+def test_tiny_images_pass_every_operation_like_torchvision() -> None:
+    images = torch.randint(0, 256, (len(OPS), 3, 2, 2), dtype=torch.uint8)
+    table = magnitudes(True, 31, 2, 2)
+    ops = torch.arange(len(OPS))
+    ours = apply_ops(images, ops, table[:, 30])
+    for k, name in enumerate(OPS):
+        assert torch.equal(ours[k], _reference(images[k], name, float(table[k, 30]))), name
+
+
 def test_apply_ops_rejects_float_images() -> None:
     with pytest.raises(ValueError, match="expected uint8"):
         apply_ops(torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2))
