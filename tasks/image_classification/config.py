@@ -264,7 +264,7 @@ class ImageDataConfig:
                     f"data.{key}: expected a positive integer, got {getattr(self, key)}"
                 )
         nonnegative = ("holdout", "test_holdout", "padding", "eval_shift", "num_workers")
-        nonnegative += ("randaugment_num_ops",)
+        nonnegative = (*nonnegative, "randaugment_num_ops")
         for key in nonnegative:
             if getattr(self, key) < 0:
                 raise UserError(f"data.{key}: expected >= 0, got {getattr(self, key)}")
