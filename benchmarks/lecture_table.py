@@ -238,7 +238,7 @@ def probe_step_seconds(
     task.prepare(probe_dir)
     device = select_device(cfg.train.device)
     model = task.build_model().to(device).train()
-    optimizer = build_optimizer(task.param_groups(model, cfg.optim.weight_decay), cfg.optim)
+    optimizer = build_optimizer(task.param_groups(model, cfg.optim.weight_decay), cfg.optim, model)
     batches = task.train_batches(0, 0, 1)
     times = []
     for _ in range(steps + 1):

@@ -55,7 +55,7 @@ class Variant:
         torch.manual_seed(self.config.train.seed)
         self.model = self.task.build_model()
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
-        self.optimizer = build_optimizer(groups, self.config.optim)
+        self.optimizer = build_optimizer(groups, self.config.optim, self.model)
         decay = self.config.train.ema_decay
         self.ema = EMA(self.model, decay) if decay > 0 else None  # as the trainer: none at 0
         # `train.compile=true` times the compiled forward and backward, as the trainer runs them

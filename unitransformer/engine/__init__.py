@@ -22,6 +22,7 @@ from unitransformer.engine.loader import (
     defaults_of,
     load_config,
 )
+from unitransformer.engine.muon import Muon, muon_groups
 from unitransformer.engine.runtime import evaluate_run
 from unitransformer.engine.task import StepOutput, Task
 from unitransformer.engine.trainer import Trainer, TrainingStoppedError
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "ConfigValueError",
     "EvalConfig",
+    "Muon",
     "OptimConfig",
     "ScheduleConfig",
     "StepOutput",
@@ -46,6 +48,7 @@ __all__ = [
     "evaluate_run",
     "load_config",
     "load_weights",
+    "muon_groups",
     "read_run_config",
     "require",
 ]

@@ -56,23 +56,30 @@ class OptimConfig:
     """The optimizer.
 
     Attributes:
-        name: ``adamw`` or ``adam``.
-        lr: Peak learning rate.
+        name: ``adamw``, ``adam``, or ``muon`` (Muon on the hidden weight matrices and
+            kernels, AdamW on the rest; `unitransformer.engine.muon`).
+        lr: Peak learning rate (Muon's updates are scaled to AdamW's, so one value serves both).
         betas: Adam's beta1 and beta2.
         eps: Adam's epsilon.
         weight_decay: Decoupled weight decay (not applied where the task's groups say so).
         clip_grad_norm: Clip the global gradient norm to this; 0 disables clipping.
+        muon_momentum: Muon's Nesterov momentum (``name: muon`` only).
+        muon_exclude: Substrings of the names of weight matrices that stay on AdamW under
+            ``name: muon``: the output layer, which Muon's method leaves to AdamW.
     """
 
-    name: Literal["adamw", "adam"] = "adamw"
+    name: Literal["adamw", "adam", "muon"] = "adamw"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.05
     clip_grad_norm: float = 1.0
+    muon_momentum: float = 0.95
+    muon_exclude: tuple[str, ...] = ("head", "output")
 
     def __post_init__(self) -> None:
         require(self, "lr", self.lr > 0, "> 0")
+        require(self, "muon_momentum", 0 <= self.muon_momentum < 1, "in [0, 1)")
         require(self, "betas", all(0 <= b < 1 for b in self.betas), "two values in [0, 1)")
         require(self, "eps", self.eps > 0, "> 0")
         require(self, "weight_decay", self.weight_decay >= 0, ">= 0")

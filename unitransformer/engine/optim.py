@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from unitransformer.engine.config import OptimConfig, ScheduleConfig
+from unitransformer.engine.muon import Muon, muon_groups
 
 __all__ = ["EMA", "build_optimizer", "build_scheduler", "lr_factor", "weight_decay_groups"]
 
@@ -21,7 +22,8 @@ def weight_decay_groups(
 
     Biases and norm scales (1-d), and any parameter whose name contains one of ``no_decay``
     (embeddings, positions, class tokens), are not decayed: pulling them towards zero only
-    hurts (the ViT and DeiT recipes; fairseq for translation).
+    hurts (the ViT and DeiT recipes; fairseq for translation). The second group is marked
+    ``"muon": False``: its matrices are embeddings, not hidden layers (`muon_groups`).
     """
     decay, keep = [], []
     for name, param in model.named_parameters():
@@ -31,14 +33,34 @@ def weight_decay_groups(
         (keep if skip else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
-        {"params": keep, "weight_decay": 0.0},
+        {"params": keep, "weight_decay": 0.0, "muon": False},
     ]
 
 
 def build_optimizer(
-    param_groups: list[dict[str, Any]], config: OptimConfig
+    param_groups: list[dict[str, Any]], config: OptimConfig, model: nn.Module | None = None
 ) -> torch.optim.Optimizer:
-    """AdamW or Adam over the task's parameter groups (which may set their own weight decay)."""
+    """AdamW, Adam or Muon over the task's parameter groups (which may set their own decay).
+
+    Args:
+        param_groups: The task's groups.
+        config: The optimizer's settings.
+        model: The model the parameters belong to; Muon needs it for the parameters' names.
+    """
+    if config.name == "muon":
+        if model is None:
+            raise ValueError("optim.name=muon needs the model to name its weight matrices")
+        groups = muon_groups(param_groups, model, config.muon_exclude)
+        return Muon(
+            groups,
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            momentum=config.muon_momentum,
+        )
+    # The Muon marker would only be saved with the optimizer's state: Adam has no use for it.
+    param_groups = [{k: v for k, v in g.items() if k != "muon"} for g in param_groups]
     cls = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
     # The fused kernel (CPU and CUDA) is 3-4x faster than the per-tensor loop: 2 ms instead of
     # 9 for a ViT-Ti's 2.7M parameters on 2 cores. Both update each element on its own, so the

@@ -105,6 +105,8 @@ class Trainer:
         self.precision = check_precision(tc.precision, self.device, "train.precision")
         if tc.fsdp and tc.ema_decay > 0:
             raise UserError("train.fsdp=true with train.ema_decay>0 is not supported")
+        if tc.fsdp and self.config.optim.name == "muon":  # Muon needs whole matrices, not shards.
+            raise UserError("train.fsdp=true with optim.name=muon is not supported")
         self._own_group = not dist.is_initialized()
         self.dist = D.init_distributed(self.device)
         self._own_group = self._own_group and dist.is_initialized()
@@ -145,7 +147,7 @@ class Trainer:
             self.model.load_state_dict(ckpt.load_tensors(found[0]))
         self.wrapped = D.wrap_model(self.model, self.device, self.dist, tc.fsdp)
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
-        self.optimizer = build_optimizer(groups, self.config.optim)
+        self.optimizer = build_optimizer(groups, self.config.optim, self.model)
         spent = (lambda: self._spent) if tc.max_seconds else None
         self.scheduler = build_scheduler(self.optimizer, self.config.schedule, tc.max_steps, spent)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
