@@ -43,7 +43,12 @@ from unitransformer.engine.checkpoint import CHECKPOINTS  # noqa: E402
 from unitransformer.engine.distributed import select_device  # noqa: E402
 from unitransformer.engine.loader import load_config, read_yaml  # noqa: E402
 from unitransformer.engine.optim import build_optimizer  # noqa: E402
-from unitransformer.engine.runtime import autocast, move_to, seed_everything  # noqa: E402
+from unitransformer.engine.runtime import (  # noqa: E402
+    autocast,
+    move_to,
+    resolve_precision,
+    seed_everything,
+)
 from unitransformer.errors import UserError  # noqa: E402
 
 __all__ = [
@@ -238,13 +243,15 @@ def probe_step_seconds(
     task.prepare(probe_dir)
     device = select_device(cfg.train.device)
     model = task.build_model().to(device).train()
-    optimizer = build_optimizer(task.param_groups(model, cfg.optim.weight_decay), cfg.optim, model)
+    precision = resolve_precision(cfg.train.precision, device)
+    groups = task.param_groups(model, cfg.optim.weight_decay)
+    optimizer = build_optimizer(groups, cfg.optim, model, precision)
     batches = task.train_batches(0, 0, 1)
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
         for _ in range(cfg.train.grad_accum):
-            with autocast(device, cfg.train.precision):
+            with autocast(device, precision):
                 loss = task.loss(model, move_to(next(batches), device)).loss
             (loss.float() / cfg.train.grad_accum).backward()
         optimizer.step()

@@ -55,7 +55,6 @@ class Variant:
         torch.manual_seed(self.config.train.seed)
         self.model = self.task.build_model()
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
-        self.optimizer = build_optimizer(groups, self.config.optim, self.model)
         decay = self.config.train.ema_decay
         self.ema = EMA(self.model, decay) if decay > 0 else None  # as the trainer: none at 0
         # `train.compile=true` times the compiled forward and backward, as the trainer runs them
@@ -63,6 +62,7 @@ class Variant:
         compiled = self.config.train.compile
         self.forward_model = compile_model(self.model, self.device) if compiled else self.model
         self.precision = resolve_precision(self.config.train.precision, self.device)
+        self.optimizer = build_optimizer(groups, self.config.optim, self.model, self.precision)
         self.stream = self.task.train_batches(epoch, 0, 1)
         self.seconds = dict.fromkeys(PARTS, 0.0)
         self.items = 0

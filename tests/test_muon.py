@@ -21,15 +21,16 @@ from unitransformer.errors import UserError
 from unitransformer.models.vit import VisionTransformer, ViTConfig
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32), (8, 27)])
-def test_orthogonalize_brings_every_singular_value_near_one(shape):
+def test_orthogonalize_brings_every_singular_value_near_one(shape, dtype):
     torch.manual_seed(0)
     k = min(shape)  # singular values from 0.1 to 10: a condition number of 100
     u, _ = torch.linalg.qr(torch.randn(shape[0], k))
     v, _ = torch.linalg.qr(torch.randn(shape[1], k))
     matrix = u @ torch.diag(torch.logspace(-1, 1, k)) @ v.T
-    result = orthogonalize(matrix)
-    assert result.shape == matrix.shape
+    result = orthogonalize(matrix, dtype=dtype)
+    assert result.shape == matrix.shape and result.dtype == torch.float32  # the input's dtype
     singular = torch.linalg.svdvals(result)
     assert singular.min() > 0.6 and singular.max() < 1.25, singular
     # The same singular vectors: the exact polar factor U V^T is close in direction.
@@ -120,6 +121,48 @@ def test_the_adamw_groups_follow_torchs_adamw():
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.parametrize(
+    ("muon_precision", "precision", "expected"),
+    [
+        ("auto", "bf16", torch.bfloat16),
+        ("auto", "fp32", torch.float32),
+        ("auto", "fp16", torch.float32),
+        ("fp32", "bf16", torch.float32),
+        ("bf16", "fp32", torch.bfloat16),
+    ],
+)
+def test_newton_schulz_runs_in_bf16_under_bf16_autocast_or_when_asked(
+    muon_precision, precision, expected
+):
+    model = _vit()
+    config = OptimConfig(name="muon", muon_precision=muon_precision)
+    optimizer = build_optimizer(weight_decay_groups(model, 0.05), config, model, precision)
+    assert optimizer.ns_dtype == expected
+
+
+def test_a_bf16_iteration_gives_nearly_the_fp32_update_and_is_not_saved():
+    torch.manual_seed(0)
+    models = [nn.Linear(64, 32, bias=False) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = models[0].weight.detach().clone()
+    optimizers = [
+        Muon([{"params": list(m.parameters()), "muon": True}], lr=0.01, ns_dtype=dtype)
+        for m, dtype in zip(models, (torch.float32, torch.bfloat16), strict=True)
+    ]
+    x = torch.randn(16, 64)
+    for model, optimizer in zip(models, optimizers, strict=True):
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+    full, half = (m.weight.detach() - start for m in models)
+    assert not torch.equal(full, half)  # the bf16 path ran
+    # The quintic iteration leaves each singular value somewhere in [0.7, 1.2], not at 1, and
+    # bf16's rounding moves it within that band: close in direction, not equal (0.98 here).
+    assert torch.cosine_similarity(full.flatten(), half.flatten(), dim=0) > 0.95
+    # A machine setting, not the run's: a checkpoint written on a bf16 machine resumes in fp32.
+    optimizers[0].load_state_dict(optimizers[1].state_dict())
+    assert optimizers[0].ns_dtype == torch.float32
+
+
 def test_build_optimizer_makes_muon_from_the_config_and_needs_the_model():
     model = _vit()
     groups = weight_decay_groups(model, 0.05, no_decay=("pos_embed",))
@@ -175,6 +218,8 @@ def test_muon_config_errors_name_the_key():
         load_config(ToyConfig, None, ["optim.muon_momentum=1.0"])
     with pytest.raises(ConfigError, match="optim.name"):
         load_config(ToyConfig, None, ["optim.name=muonn"])
+    with pytest.raises(ConfigError, match="optim.muon_precision"):
+        load_config(ToyConfig, None, ["optim.muon_precision=fp16"])
 
 
 def test_muon_refuses_fsdp_shards_with_one_clear_error(tmp_path):

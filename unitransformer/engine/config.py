@@ -66,6 +66,9 @@ class OptimConfig:
         muon_momentum: Muon's Nesterov momentum (``name: muon`` only).
         muon_exclude: Substrings of the names of weight matrices that stay on AdamW under
             ``name: muon``: the output layer, which Muon's method leaves to AdamW.
+        muon_precision: The dtype of Muon's Newton-Schulz iterations: ``bf16``, ``fp32``, or
+            ``auto``, bf16 when the training runs under bf16 autocast (``train.precision``
+            resolved), where bf16 matmuls are fast, else fp32.
     """
 
     name: Literal["adamw", "adam", "muon"] = "adamw"
@@ -76,6 +79,7 @@ class OptimConfig:
     clip_grad_norm: float = 1.0
     muon_momentum: float = 0.95
     muon_exclude: tuple[str, ...] = ("head", "output")
+    muon_precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
         require(self, "lr", self.lr > 0, "> 0")

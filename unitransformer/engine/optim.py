@@ -38,7 +38,10 @@ def weight_decay_groups(
 
 
 def build_optimizer(
-    param_groups: list[dict[str, Any]], config: OptimConfig, model: nn.Module | None = None
+    param_groups: list[dict[str, Any]],
+    config: OptimConfig,
+    model: nn.Module | None = None,
+    precision: str = "fp32",
 ) -> torch.optim.Optimizer:
     """AdamW, Adam or Muon over the task's parameter groups (which may set their own decay).
 
@@ -46,6 +49,8 @@ def build_optimizer(
         param_groups: The task's groups.
         config: The optimizer's settings.
         model: The model the parameters belong to; Muon needs it for the parameters' names.
+        precision: The training's resolved precision (``fp32``, ``bf16``, ``fp16``), which
+            ``optim.muon_precision: auto`` follows.
     """
     if config.name == "muon":
         if model is None:
@@ -58,6 +63,7 @@ def build_optimizer(
             eps=config.eps,
             weight_decay=config.weight_decay,
             momentum=config.muon_momentum,
+            ns_dtype=_muon_dtype(config.muon_precision, precision),
         )
     # The Muon marker would only be saved with the optimizer's state: Adam has no use for it.
     param_groups = [{k: v for k, v in g.items() if k != "muon"} for g in param_groups]
@@ -128,6 +134,18 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config, max_steps, spent())
     )
+
+
+def _muon_dtype(muon_precision: str, precision: str) -> torch.dtype:
+    """The Newton-Schulz dtype: ``auto`` is bf16 under bf16 autocast only.
+
+    ``train.precision: auto`` picks bf16 autocast where bf16 matmuls run natively (CUDA, AMX,
+    AVX-512 BF16). Under fp16 the iteration stays in fp32: Jordan's reference runs it in bf16,
+    whose exponent range is float32's, and fp16's is narrower.
+    """
+    if muon_precision == "auto":
+        muon_precision = "bf16" if precision == "bf16" else "fp32"
+    return torch.bfloat16 if muon_precision == "bf16" else torch.float32
 
 
 class EMA:

@@ -147,7 +147,7 @@ class Trainer:
             self.model.load_state_dict(ckpt.load_tensors(found[0]))
         self.wrapped = D.wrap_model(self.model, self.device, self.dist, tc.fsdp)
         groups = self.task.param_groups(self.model, self.config.optim.weight_decay)
-        self.optimizer = build_optimizer(groups, self.config.optim, self.model)
+        self.optimizer = build_optimizer(groups, self.config.optim, self.model, self.precision)
         spent = (lambda: self._spent) if tc.max_seconds else None
         self.scheduler = build_scheduler(self.optimizer, self.config.schedule, tc.max_steps, spent)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
