@@ -125,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", help="run directory written by train")
     evaluate.add_argument("--split", default="val", help="data split (default: val)")
     evaluate.add_argument(
-        "--checkpoint", default="best", choices=["best", "last", "averaged", "ema"]
+        "--checkpoint",
+        default="best",
+        choices=["best", "last", "averaged", "ema"],
+        help="which weights (default: best); averaged and ema ones of a model with BatchNorm "
+        "get its statistics recomputed on 32 training batches",
     )
     evaluate.add_argument(
         "overrides",

@@ -14,10 +14,10 @@ from typing import Any
 
 from torch import nn
 
+from unitransformer.engine.batchnorm import load_for_use
 from unitransformer.engine.checkpoint import (
     CONFIG_FILE,
     checkpoint_dirs,
-    load_weights,
     read_run_config,
 )
 from unitransformer.engine.loader import apply_overrides, config_from_dict
@@ -118,5 +118,5 @@ def load_trained(
         raise UserError(f"{run_dir}: no checkpoint yet (train it first)")
     task.prepare(Path(run_dir))
     model = task.build_model()
-    load_weights(run_dir, model, which=which)
+    load_for_use(task, run_dir, model, which)  # Averaged weights get fitting BatchNorm stats.
     return task, model.eval()

@@ -51,7 +51,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--which",
         default="best",
         choices=["best", "last", "averaged", "ema"],
-        help="which weights of the run to use (best)",
+        help="which weights of the run to use (best); BatchNorm statistics of averaged and ema "
+        "ones are recomputed on training batches",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default cpu)")
     parser.set_defaults(func=classify)

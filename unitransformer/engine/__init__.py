@@ -1,5 +1,6 @@
 """The training engine shared by every task: configs, the loop, checkpoints, distribution."""
 
+from unitransformer.engine.batchnorm import load_for_use, recalibrate_batchnorm
 from unitransformer.engine.checkpoint import (
     CheckpointError,
     average_checkpoints,
@@ -47,8 +48,10 @@ __all__ = [
     "defaults_of",
     "evaluate_run",
     "load_config",
+    "load_for_use",
     "load_weights",
     "muon_groups",
     "read_run_config",
+    "recalibrate_batchnorm",
     "require",
 ]

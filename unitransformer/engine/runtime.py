@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unitransformer.engine import checkpoint as ckpt
 from unitransformer.engine import distributed as D
+from unitransformer.engine.batchnorm import load_for_use
 from unitransformer.engine.task import Task
 from unitransformer.errors import UserError
 
@@ -190,8 +190,9 @@ def evaluate_run(
     """Evaluates a trained run's ``which`` weights on ``split``, from the run directory alone."""
     task.prepare(Path(run_dir))
     model = task.build_model()
-    ckpt.load_weights(run_dir, model, which)
     device = D.select_device(task.config.train.device)
-    model.to(device).eval()
+    model.to(device)
     with torch.no_grad(), autocast(device, task.config.train.precision):
-        return task.evaluate(model, split)
+        # Averaged weights (ema, averaged) get BatchNorm statistics that fit them.
+        load_for_use(task, run_dir, model, which)
+        return task.evaluate(model.eval(), split)
